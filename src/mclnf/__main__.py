@@ -1,0 +1,5 @@
+import sys
+
+from mclnf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation of fields and the figures made from run records."""

@@ -1,0 +1,92 @@
+"""One configurable coordinate MLP for every activation, usable as a module and under torch.func."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from torch import Tensor, nn
+
+from mclnf.errors import MclnfError
+from mclnf.fields.activations import ACTIVATIONS, Gaussian, RealGabor, Sine, siren_init_
+from mclnf.fields.encoding import PositionalEncoding
+
+DEFAULT_OMEGA0 = {"sine": 30.0, "wavelet": 10.0}
+
+
+@dataclass
+class FieldConfig:
+    """Architecture of a field. ``depth`` counts linear layers: 5 × 256 from 2 to 3 has 198,915 parameters.
+
+    Options an activation does not use are stored as ``None``; unset ones take the paper's value.
+    """
+
+    in_dim: int
+    out_dim: int
+    width: int = 256
+    depth: int = 5
+    activation: str = "sine"
+    omega0: float | None = None  # sine (30) and wavelet (10) frequency
+    first_omega0: float | None = None  # sine: frequency of the first layer (default ω₀; SIREN audio uses 3000)
+    sigma: float | None = None  # gaussian width (0.05)
+    s0: float | None = None  # wavelet window scale (10)
+    pe_frequencies: int | None = None  # relu-pe: L (8)
+
+    def __post_init__(self):
+        a = self.activation
+        if a not in ACTIVATIONS:
+            raise MclnfError(f"--activation {a}: unknown; choose one of {', '.join(ACTIVATIONS)}")
+        for name, low in (("in_dim", 1), ("out_dim", 1), ("width", 1), ("depth", 2)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+                raise MclnfError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be an integer ≥ {low}")
+        used = {"sine": {"omega0", "first_omega0"}, "gaussian": {"sigma"}, "wavelet": {"omega0", "s0"}, "relu-pe": {"pe_frequencies"}}.get(a, set())
+        defaults = {"omega0": DEFAULT_OMEGA0.get(a), "sigma": 0.05, "s0": 10.0, "pe_frequencies": 8}
+        for name in ("omega0", "first_omega0", "sigma", "s0", "pe_frequencies"):
+            value = getattr(self, name)
+            if name not in used:
+                value = None
+            elif value is None:
+                value = self.omega0 if name == "first_omega0" else defaults[name]
+            elif not value > 0:
+                raise MclnfError(f"--{name.replace('_', '-')} {value}: must be positive")
+            setattr(self, name, value)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FieldConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Field(nn.Module):
+    """An MLP f(x) = W_L(σ(… σ(W_1 γ(x) + b_1) …)) + b_L with the activation σ of its config.
+
+    Parameters are named ``layers.{i}.weight``/``layers.{i}.bias`` and the forward pass has no
+    in-place operations, so ``torch.func.functional_call``, ``grad`` and ``vmap`` apply directly.
+    """
+
+    def __init__(self, config: FieldConfig):
+        super().__init__()
+        self.config = c = config
+        self.encoding = PositionalEncoding(c.in_dim, c.pe_frequencies) if c.activation == "relu-pe" else nn.Identity()
+        dims = [self.encoding.out_dim if c.activation == "relu-pe" else c.in_dim] + [c.width] * (c.depth - 1) + [c.out_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+        if c.activation == "sine":
+            self.first_activation, self.activation = Sine(c.first_omega0), Sine(c.omega0)
+            for i, layer in enumerate(self.layers):
+                siren_init_(layer, c.omega0, first=i == 0)
+        else:
+            self.activation = {"gaussian": lambda: Gaussian(c.sigma), "wavelet": lambda: RealGabor(c.omega0, c.s0)}.get(c.activation, nn.ReLU)()
+            self.first_activation = self.activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.encoding(x)
+        *hidden, last = self.layers
+        for i, layer in enumerate(hidden):
+            h = (self.first_activation if i == 0 else self.activation)(layer(h))
+        return last(h)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

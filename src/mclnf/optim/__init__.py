@@ -1,0 +1,51 @@
+"""Optimizers for fields, all behind the torch.optim API, and the one protocol the training loop uses.
+
+The loop asks an optimizer one question before each backward pass: ``needs_create_graph()`` — must
+the gradient stay differentiable because the coming ``step()`` takes a Hessian-vector product?
+Optimizers without the method (Adam, SGD) never need it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from mclnf.errors import MclnfError
+
+
+@runtime_checkable
+class CurvatureAware(Protocol):
+    def needs_create_graph(self) -> bool:
+        """True when the next ``step()`` needs ``backward(create_graph=True)``."""
+
+
+def needs_create_graph(optimizer: torch.optim.Optimizer) -> bool:
+    return isinstance(optimizer, CurvatureAware) and optimizer.needs_create_graph()
+
+
+OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], float]] = {
+    # name: (constructor(params, lr), default learning rate)
+    "adam": (lambda params, lr: torch.optim.Adam(params, lr=lr), 1e-4),
+    "sgd": (lambda params, lr: torch.optim.SGD(params, lr=lr), 1.0),
+}
+
+
+def default_lr(name: str) -> float:
+    return _lookup(name)[1]
+
+
+def build_optimizer(name: str, params: Iterable[Tensor], lr: float | None = None) -> torch.optim.Optimizer:
+    """An optimizer by name, at ``lr`` or at its default learning rate."""
+    make, lr_default = _lookup(name)
+    lr = lr_default if lr is None else lr
+    if not (lr > 0 and lr < float("inf")):
+        raise MclnfError(f"--lr {lr}: must be a positive finite number")
+    return make(params, lr)
+
+
+def _lookup(name: str):
+    if name not in OPTIMIZERS:
+        raise MclnfError(f"--optimizer {name}: unknown; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name]

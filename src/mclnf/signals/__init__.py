@@ -1,0 +1,42 @@
+"""Real signals as coordinates → values, and back to their own form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mclnf.errors import MclnfError
+from mclnf.signals.base import GridLayout, Layout, Signal, grid_coords, predict_in_chunks
+from mclnf.signals.image import BUILTIN_IMAGES, load_image
+
+KINDS = ("image", "audio", "video", "occupancy")
+SUFFIX_KIND = {
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"), "image"),
+    **dict.fromkeys((".wav", ".flac", ".ogg"), "audio"),
+    **dict.fromkeys((".mp4", ".gif", ".mov", ".avi", ".webm"), "video"),
+    **dict.fromkeys((".obj", ".ply", ".stl", ".off"), "occupancy"),
+}
+
+
+def signal_kind(source: str | Path) -> str:
+    """The kind of signal a path (by its suffix) or a built-in name holds."""
+    if str(source) in BUILTIN_IMAGES:
+        return "image"
+    kind = SUFFIX_KIND.get(Path(source).suffix.lower())
+    if kind is None:
+        if not Path(source).exists():
+            raise MclnfError(f"{source}: no such file, and not a built-in image ({', '.join(BUILTIN_IMAGES)})")
+        raise MclnfError(f"{source}: unsupported format {Path(source).suffix or '(no suffix)'}; expected one of {', '.join(sorted(SUFFIX_KIND))}")
+    return kind
+
+
+def load_signal(source: str | Path, **options) -> Signal:
+    """Load any supported signal; ``options`` are those of the kind's loader (unset ones: ``None``)."""
+    from mclnf.signals.audio import load_audio
+    from mclnf.signals.occupancy import load_occupancy
+    from mclnf.signals.video import load_video
+
+    loader = {"image": load_image, "audio": load_audio, "video": load_video, "occupancy": load_occupancy}[signal_kind(source)]
+    return loader(source, **{k: v for k, v in options.items() if v is not None})
+
+
+__all__ = ["KINDS", "GridLayout", "Layout", "Signal", "grid_coords", "load_signal", "predict_in_chunks", "signal_kind"]

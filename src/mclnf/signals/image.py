@@ -1,0 +1,117 @@
+"""Images: PNG/JPEG/TIFF files or scikit-image's built-in images → (x, y) ↦ intensities in [0, 1]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from mclnf.errors import MclnfError
+from mclnf.signals.base import GridLayout, Signal, check_readable
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+BUILTIN_IMAGES = ("astronaut", "camera", "cat", "coffee", "coins", "horse", "moon", "page", "rocket", "text", "brick", "grass", "gravel")
+
+
+def image_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
+    """PSNR and SSIM (torchmetrics, data range 1) of images (B, C, H, W); predictions are clipped to [0, 1]."""
+    pred = pred.clamp(0, 1)
+    return {
+        "psnr": float(peak_signal_noise_ratio(pred, target, data_range=1.0)),
+        "ssim": float(structural_similarity_index_measure(pred, target, data_range=1.0)),
+    }
+
+
+@dataclass(frozen=True)
+class ImageLayout(GridLayout):
+    height: int
+    width: int
+    channels: int
+    bit_depth: int = 8
+
+    kind = "image"
+    suffix = ".png"
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return (self.height, self.width)
+
+    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float]:
+        as_image = lambda v: self.to_array(v).permute(2, 0, 1)[None]  # noqa: E731
+        return image_metrics(as_image(pred), as_image(target))
+
+    def quantize(self, array: Tensor) -> np.ndarray:
+        """Float array in [0, 1] → unsigned integers of the layout's bit depth (gray images lose the channel axis)."""
+        top = 2**self.bit_depth - 1
+        out = (array.clamp(0, 1) * top).round().cpu().numpy().astype(np.uint8 if self.bit_depth == 8 else np.uint16)
+        return out[..., 0] if self.channels == 1 else out
+
+    def save(self, native: Tensor, path: Path) -> None:
+        iio.imwrite(path, self.quantize(native), extension=".png")
+
+
+def read_image(source: str | Path) -> np.ndarray:
+    """Pixels of a file or of a scikit-image built-in (by name) as an (H, W, C) array, C in {1, 3}."""
+    if isinstance(source, str) and source in BUILTIN_IMAGES:
+        import skimage.data
+
+        pixels = getattr(skimage.data, source)()
+    else:
+        path = check_readable(source, SUFFIXES)
+        try:
+            pixels = iio.imread(path)
+        except Exception as e:  # imageio raises many types for corrupt files
+            raise MclnfError(f"{path}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt file'})") from None
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 2, 3, 4) or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise MclnfError(f"{source}: unsupported image shape {pixels.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+    return pixels
+
+
+def load_image(source: str | Path, resize: int | None = None, crop: tuple[int, int] | None = None, gray: bool = False) -> Signal:
+    """Load an image as a :class:`Signal` with values in [0, 1].
+
+    ``crop`` (h, w) takes a centred crop first; ``resize`` then scales the image so that its longer
+    side is ``resize`` pixels (bilinear, no antialiasing, as the preconditioner paper's data code).
+    An alpha channel is composited onto white; ``gray`` converts RGB to luminance (ITU-R 601).
+    """
+    pixels = read_image(source)
+    if pixels.dtype == np.uint8:
+        bit_depth, x = 8, torch.from_numpy(pixels.astype(np.float32) / 255.0)
+    elif pixels.dtype == np.uint16:
+        bit_depth, x = 16, torch.from_numpy(pixels.astype(np.float32) / 65535.0)
+    elif np.issubdtype(pixels.dtype, np.floating):
+        bit_depth, x = 8, torch.from_numpy(pixels.astype(np.float32))
+        if not np.isfinite(pixels).all():
+            raise MclnfError(f"{source}: the image contains NaN or infinite values")
+        if x.min() < 0 or x.max() > 1:
+            raise MclnfError(f"{source}: floating-point pixels must lie in [0, 1], found [{x.min():.3g}, {x.max():.3g}]")
+    else:
+        raise MclnfError(f"{source}: unsupported pixel type {pixels.dtype}")
+    if x.shape[-1] in (2, 4):  # gray+alpha or RGBA: composite onto white
+        x = x[..., :-1] * x[..., -1:] + (1 - x[..., -1:])
+    if gray and x.shape[-1] == 3:
+        x = x @ torch.tensor([[0.299], [0.587], [0.114]])
+    if crop is not None:
+        h, w = crop
+        if not (0 < h <= x.shape[0] and 0 < w <= x.shape[1]):
+            raise MclnfError(f"--crop {h} {w}: larger than the image ({x.shape[0]}×{x.shape[1]}) or not positive")
+        top, left = (x.shape[0] - h) // 2, (x.shape[1] - w) // 2
+        x = x[top : top + h, left : left + w]
+    if resize:
+        if resize < 1:
+            raise MclnfError(f"--resize {resize}: must be a positive number of pixels")
+        scale = resize / max(x.shape[:2])
+        size = (max(1, round(x.shape[0] * scale)), max(1, round(x.shape[1] * scale)))
+        if size != tuple(x.shape[:2]):
+            x = F.interpolate(x.permute(2, 0, 1)[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0].permute(1, 2, 0)
+    layout = ImageLayout(height=x.shape[0], width=x.shape[1], channels=x.shape[2], bit_depth=bit_depth)
+    return Signal(name=str(source), layout=layout, coords=layout.coords(), values=x.reshape(-1, x.shape[2]).contiguous())
