@@ -23,6 +23,12 @@ from mclnf.fields import Field, FieldConfig
 from mclnf.signals import Layout
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
@@ -31,6 +37,7 @@ def atomic_path(path: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's (or the writer's) 0600 would make outputs private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -30,6 +30,10 @@ KIND_DEFAULTS = {  # per-kind defaults of options left unset
     "audio": {"first_omega0": 3000.0},  # SIREN's audio setting: time in [-1, 1] spans the whole clip
 }
 RESUMABLE = ("steps", "resume", "overwrite", "progress", "tensorboard", "out")  # may change on --resume
+ACTIVATION_OPTIONS = {  # the field options that apply to each activation
+    "sine": ("omega0", "first_omega0"), "gaussian": ("sigma",), "wavelet": ("omega0", "s0"), "relu": (), "relu-pe": ("pe_frequencies",),
+}  # fmt: skip
+RUN_FILES = ("checkpoint.pt", "field.safetensors", "metrics.json")  # a folder holding one of these holds a run
 
 
 @dataclass
@@ -68,6 +72,9 @@ class FitConfig:
     def resolved(self) -> FitConfig:
         """The config with per-kind defaults filled in and every option checked."""
         kind = signal_kind(self.signal)
+        for name in sorted({o for opts in ACTIVATION_OPTIONS.values() for o in opts} - set(ACTIVATION_OPTIONS.get(self.activation, ()))):
+            if getattr(self, name) is not None:
+                raise MclnfError(f"--{name.replace('_', '-')}: does not apply to --activation {self.activation}")
         for name, value in KIND_DEFAULTS.get(kind, {}).items():
             if getattr(self, name) is None and not (name == "first_omega0" and self.activation != "sine"):
                 self = dataclasses.replace(self, **{name: value})
@@ -121,12 +128,16 @@ def write_reconstruction(field: Field, layout: Layout, path: Path) -> Path:
 
 def prepare_out(cfg: FitConfig) -> Path:
     out = Path(cfg.out) if cfg.out else Path("runs") / f"fit-{Path(cfg.signal).stem}-{cfg.activation}"
+    if out.exists() and not out.is_dir():
+        raise MclnfError(f"--out {out}: exists and is not a folder")
     if cfg.resume:
         if not (out / "checkpoint.pt").is_file():
             raise MclnfError(f"--resume: {out} holds no checkpoint.pt to resume from")
     elif out.exists() and any(out.iterdir()):
         if not cfg.overwrite:
             raise MclnfError(f"--out {out}: folder is not empty; pass --resume to continue its run or --overwrite to replace it")
+        if not any((out / name).exists() for name in RUN_FILES):  # never delete a folder that is not a run
+            raise MclnfError(f"--out {out}: folder holds no mclnf run ({', '.join(RUN_FILES)}); --overwrite only replaces runs")
         shutil.rmtree(out)
     return out
 
@@ -155,7 +166,10 @@ def fit(cfg: FitConfig) -> dict:
         field.load_state_dict(ck["field"])
         optimizer.load_state_dict(ck["optimizer"])
         start, elapsed, curve = ck["step"], ck["elapsed"], ck["curve"]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MclnfError(f"--out {out}: cannot create the folder ({e.strerror or type(e).__name__})") from None
 
     layout = signal.layout
     writer = None

@@ -65,13 +65,14 @@ def train(
 ) -> float:
     """Run optimization steps ``start_step + 1 … steps``; returns the training time in seconds.
 
-    Each step: ``loss = loss_fn(*batches(step))``, ``backward`` (differentiable when the optimizer
-    asks for it, see :func:`mclnf.optim.needs_create_graph`), ``optimizer.step()``. At the steps in
+    Each step: ``loss = loss_fn(*batches(step))``, gradients into ``p.grad`` (differentiable when
+    the optimizer asks for it, see :func:`mclnf.optim.needs_create_graph`), ``optimizer.step()``. At the steps in
     ``eval_steps``, ``on_eval(step, loss, training_seconds)`` is called outside the timed region.
     A non-finite loss or parameter raises :class:`DivergedError` before anything is updated or
     saved from it, naming ``last_good_step`` (the last step ``on_eval`` saw).
     """
     eval_steps = set(eval_steps)
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     bar = tqdm(total=steps, initial=start_step, desc=desc, disable=not progress, mininterval=1.0, dynamic_ncols=True)
     try:
         for step in range(start_step + 1, steps + 1):
@@ -81,7 +82,11 @@ def train(
             value = loss.item()
             if not math.isfinite(value):
                 raise DivergedError(step, value, last_good_step)
-            loss.backward(create_graph=needs_create_graph(optimizer))
+            if needs_create_graph(optimizer):  # autograd.grad, not backward: no parameter↔grad cycle
+                for p, g in zip(params, torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)):
+                    p.grad = g
+            else:
+                loss.backward()
             optimizer.step()
             elapsed += perf_counter() - t0
             bar.update()

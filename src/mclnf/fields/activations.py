@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 ACTIVATIONS = ("sine", "gaussian", "wavelet", "relu", "relu-pe")
@@ -31,6 +32,11 @@ class Sine(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         return torch.sin(self.omega0 * z)
 
+    def of_linear(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """``self(F.linear(h, weight, bias))`` with ω₀ folded into the (small) parameters rather than
+        scaling every pre-activation: sin((ω₀W) h + ω₀b), one elementwise pass fewer each way."""
+        return torch.sin(F.linear(h, self.omega0 * weight, self.omega0 * bias))
+
     def extra_repr(self) -> str:
         return f"omega0={self.omega0}"
 
@@ -42,6 +48,11 @@ class Gaussian(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return torch.exp(-0.5 / self.sigma**2 * z.square())
+
+    def of_linear(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """``self(F.linear(h, weight, bias))`` as exp(−u²), u = c(Wh + b), c = 1/(σ√2) folded into the parameters."""
+        c = math.sqrt(0.5) / self.sigma
+        return torch.exp(-F.linear(h, c * weight, c * bias).square())
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
@@ -56,6 +67,12 @@ class RealGabor(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return torch.cos(self.omega0 * z) * torch.exp(-((self.s0 * z).square()))
+
+    def of_linear(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """``self(F.linear(h, weight, bias))`` with ω₀ folded into the parameters: u = ω₀z,
+        cos(u)·exp(−(s₀/ω₀)²u²), two elementwise passes fewer each way."""
+        u = F.linear(h, self.omega0 * weight, self.omega0 * bias)
+        return torch.cos(u) * torch.exp(-((self.s0 / self.omega0) ** 2) * u.square())
 
     def extra_repr(self) -> str:
         return f"omega0={self.omega0}, s0={self.s0}"
