@@ -106,6 +106,11 @@ def run_render(a: argparse.Namespace) -> None:
             raise MclnfError(f"--resolution: does not apply to {layout.kind} fields")
         layout = dataclasses.replace(layout, resolution=a.resolution)
     run_dir = a.run if a.run.is_dir() else a.run.parent
+    if a.out is not None:
+        if a.out.suffix.lower() != layout.suffix:
+            raise MclnfError(f"--out {a.out}: a {layout.kind} field renders to {layout.suffix}, not {a.out.suffix or '(no suffix)'}")
+        if not a.out.parent.is_dir():
+            raise MclnfError(f"--out {a.out}: no such folder {a.out.parent}")
     print(write_reconstruction(field, layout, a.out or run_dir / f"render{layout.suffix}"))
 
 

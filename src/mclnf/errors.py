@@ -8,7 +8,8 @@ class MclnfError(Exception):
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
-    def __init__(self, step: int, loss: float, last_good_step: int | None):
+    def __init__(self, step: int, loss: float, last_good_step: int | None, what: str = "loss"):
         self.step, self.loss, self.last_good_step = step, loss, last_good_step
         kept = f"the last good checkpoint (step {last_good_step}) is kept" if last_good_step else "no checkpoint was written yet"
-        super().__init__(f"training diverged: loss became {loss} at step {step}; lower --lr. {kept}")
+        became = f"loss became {loss}" if what == "loss" else f"{what} became non-finite"
+        super().__init__(f"training diverged: {became} at step {step}; {kept}; try a lower --lr")

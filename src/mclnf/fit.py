@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,7 +89,13 @@ class FitConfig:
                 raise MclnfError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if self.resolution is not None and self.resolution < 2:
             raise MclnfError(f"--resolution {self.resolution}: must be at least 2")
-        if self.device != "cpu" and not (self.device.startswith("cuda") and torch.cuda.is_available()):
+        if self.lr is None:  # explicit, so that --resume --lr <the default> is the same run
+            self = dataclasses.replace(self, lr=default_lr(self.optimizer))
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise MclnfError(f"--device {self.device}: not a device name (cpu, cuda, cuda:N)") from None
+        if device.type != "cpu" and not (device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()):
             raise MclnfError(f"--device {self.device}: not available on this machine (use cpu)")
         return self
 
@@ -147,10 +154,9 @@ def fit(cfg: FitConfig) -> dict:
     cfg = cfg.resolved()
     signal = load_fit_signal(cfg)  # every input error is raised before the output folder is touched
     field_cfg = cfg.field_config(signal)
-    lr = default_lr(cfg.optimizer) if cfg.lr is None else cfg.lr
     torch.manual_seed(cfg.seed)
     field = Field(field_cfg).to(cfg.device)
-    optimizer = build_optimizer(cfg.optimizer, field.parameters(), lr)
+    optimizer = build_optimizer(cfg.optimizer, field.parameters(), cfg.lr)
     out = prepare_out(cfg)
     cfg = dataclasses.replace(cfg, out=out)
 
@@ -166,6 +172,8 @@ def fit(cfg: FitConfig) -> dict:
         field.load_state_dict(ck["field"])
         optimizer.load_state_dict(ck["optimizer"])
         start, elapsed, curve = ck["step"], ck["elapsed"], ck["curve"]
+        for name in ("metrics.json", "curve.png", f"reconstruction{signal.layout.suffix}"):  # outputs of the shorter run
+            (out / name).unlink(missing_ok=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -206,14 +214,18 @@ def fit(cfg: FitConfig) -> dict:
 
     record = {
         "signal": cfg.signal, "kind": layout.kind, "activation": cfg.activation, "optimizer": cfg.optimizer,
-        "lr": lr, "params": field.num_params, "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "lr": cfg.lr, "params": field.num_params, "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "wall_time_s": elapsed, "final": {k: v for k, v in curve[-1].items() if k not in ("step", "time_s")},
         "curve": curve, "field": field_cfg.to_dict(), "layout": layout.to_dict(), "config": cfg.to_dict(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }  # fmt: skip
     field.cpu()
-    write_reconstruction(field, layout, out / f"reconstruction{layout.suffix}")
-    plot_curve(curve, layout.primary_metric, out / "curve.png", title=f"{Path(cfg.signal).name} · {cfg.activation} · {cfg.optimizer} {lr:g}")
+    try:
+        record["reconstruction"] = write_reconstruction(field, layout, out / f"reconstruction{layout.suffix}").name
+    except MclnfError as e:  # e.g. an occupancy field with no surface yet: the run itself is fine
+        record["reconstruction"] = None
+        print(f"warning: no reconstruction written: {e}", file=sys.stderr)
+    plot_curve(curve, layout.primary_metric, out / "curve.png", title=f"{Path(cfg.signal).name} · {cfg.activation} · {cfg.optimizer} {cfg.lr:g}")
     write_text(out / "metrics.json", json.dumps(record, indent=1))
     return record
 

@@ -92,7 +92,7 @@ def train(
             bar.update()
             if step in eval_steps:
                 if not params_finite(optimizer):
-                    raise DivergedError(step, float("nan"), last_good_step)
+                    raise DivergedError(step, float("nan"), last_good_step, what="parameters")
                 bar.set_postfix(loss=f"{value:.3g}", refresh=False)
                 if on_eval is not None:
                     on_eval(step, value, elapsed)

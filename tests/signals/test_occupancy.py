@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA
 import torch
 import trimesh
 
@@ -12,7 +13,6 @@ from mclnf.signals import load_signal
 from mclnf.signals.base import Layout
 from mclnf.signals.occupancy import MARGIN, OccupancyLayout, load_occupancy, read_mesh
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 BUNNY = DATA / "meshes" / "bunny_cr.obj"
 N = 3000  # training points: 1000 uniform, 1000 with σ=0.1, 1000 with σ=0.01
 

@@ -89,6 +89,8 @@ def load_audio(path: str | os.PathLike, start: float | None = None, duration: fl
         with sf.SoundFile(p) as f:
             rate, channels, total, subtype = f.samplerate, f.channels, f.frames, f.subtype
             first = round((start or 0.0) * rate)
+            if total == 0:
+                raise MclnfError(f"{p}: no audio samples (the file is empty)")
             if first >= total:
                 raise MclnfError(f"--start {start}: beyond the end of {p} ({total / rate:.3f} s)")
             count = -1 if duration is None else max(1, round(duration * rate))
