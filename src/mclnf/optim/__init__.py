@@ -13,6 +13,9 @@ import torch
 from torch import Tensor
 
 from mclnf.errors import MclnfError
+from mclnf.optim.adahessian import AdaHessian
+from mclnf.optim.esgd import ESGD
+from mclnf.optim.wrappers import Shampoo
 
 
 @runtime_checkable
@@ -29,6 +32,13 @@ OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], float]] = {
     # name: (constructor(params, lr), default learning rate)
     "adam": (lambda params, lr: torch.optim.Adam(params, lr=lr), 1e-4),
     "sgd": (lambda params, lr: torch.optim.SGD(params, lr=lr), 1.0),
+    # the preconditioner paper's optimizers at its learning rates; seeded Rademacher draws, so a run
+    # (and a resumed run: the generator state is in state_dict) is reproducible
+    "esgd": (lambda params, lr: ESGD(params, lr=lr, bias_correction="reference", seed=0), 0.15),
+    "esgd-corrected": (lambda params, lr: ESGD(params, lr=lr, bias_correction="per-update", seed=0), 0.15),
+    "adahessian-j": (lambda params, lr: AdaHessian(params, lr=lr, estimator="jacobi", seed=0), 0.15),
+    "adahessian-e": (lambda params, lr: AdaHessian(params, lr=lr, estimator="equilibrated", seed=0), 0.15),
+    "shampoo": (lambda params, lr: Shampoo(params, lr=lr), 0.1),
 }
 
 

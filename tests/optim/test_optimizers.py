@@ -1,0 +1,242 @@
+"""One shared table over every registered optimizer, plus the curvature utilities they rest on."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+
+from mclnf.optim import OPTIMIZERS, build_optimizer, needs_create_graph
+from mclnf.optim.adahessian import AdaHessian
+from mclnf.optim.curvature import equilibrated_diagonal, hvp, jacobi_diagonal, rademacher_like
+from mclnf.optim.esgd import ESGD
+from mclnf.optim.wrappers import Shampoo
+
+F64 = torch.float64
+
+# name: (lr, steps) on the quadratic (reach max|x| < 1e-6) and on Rosenbrock b=10 (reach max|x-1| < tol)
+CONVERGENCE = {
+    "adam": dict(quad=(0.05, 1000), rosen=(0.05, 1500, 1e-3)),
+    "sgd": dict(quad=(0.019, 1000), rosen=(0.02, 1500, 1e-3)),
+    "esgd": dict(quad=(0.15, 300), rosen=(0.15, 1500, 1e-2)),
+    "esgd-corrected": dict(quad=(0.15, 300), rosen=(0.15, 3000, 5e-2)),
+    "adahessian-j": dict(quad=(0.15, 300), rosen=(0.15, 1500, 5e-2)),
+    "adahessian-e": dict(quad=(0.15, 300), rosen=(0.15, 3000, 5e-2)),
+    "shampoo": dict(quad=(1.0, 500), rosen=(0.1, 3000, 5e-2)),
+}
+
+# name: (constructor, [(bad kwargs, words the message must contain)])
+_CURV = [
+    (dict(lr=-1.0), "lr"), (dict(betas=(1.0, 0.999)), "betas[0]"), (dict(betas=(0.9, -0.1)), "betas[1]"),
+    (dict(eps=0.0), "eps"), (dict(eps=-1e-4), "eps"), (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(update_every=0), "update_every"), (dict(warmup=-1), "warmup"), (dict(seed=1.5), "seed"),
+    (dict(bias_correction="none"), "bias_correction"),
+]  # fmt: skip
+BAD_ARGUMENTS = {
+    "adam": (torch.optim.Adam, [(dict(lr=-1.0), "learning rate"), (dict(betas=(1.0, 0.9)), "beta parameter at index 0"), (dict(eps=-1.0), "epsilon")]),
+    "sgd": (torch.optim.SGD, [(dict(lr=-1.0), "learning rate"), (dict(momentum=-1.0), "momentum")]),
+    "esgd": (ESGD, _CURV),
+    "esgd-corrected": (ESGD, _CURV),
+    "adahessian-j": (AdaHessian, _CURV + [(dict(hessian_power=1.5), "hessian_power"), (dict(estimator="gauss"), "estimator")]),
+    "adahessian-e": (AdaHessian, _CURV + [(dict(hessian_power=-0.5), "hessian_power")]),
+    "shampoo": (Shampoo, [(dict(lr=-1.0), "lr"), (dict(momentum=1.0), "momentum"), (dict(matrix_eps=0.0), "matrix_eps"),
+                          (dict(preconditioning_compute_steps=0), "preconditioning_compute_steps"), (dict(weight_decay=-1.0), "weight_decay")]),
+}  # fmt: skip
+
+
+def test_table_covers_every_registered_optimizer():
+    assert set(CONVERGENCE) == set(OPTIMIZERS) == set(BAD_ARGUMENTS)
+
+
+def _step(opt, loss_fn, params):
+    """One step the way mclnf.train does it: a differentiable gradient when the optimizer asks."""
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    if needs_create_graph(opt):
+        for p, g in zip(params, torch.autograd.grad(loss, params, create_graph=True)):
+            p.grad = g
+    else:
+        loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def _minimize(name, lr, steps, f, x0):
+    x = torch.nn.Parameter(x0.clone())
+    opt = build_optimizer(name, [x], lr)
+    for _ in range(steps):
+        _step(opt, lambda: f(x), [x])
+    return x.detach()
+
+
+# ½ Σ a_ij x_ij² with a = r cᵀ (a Kronecker structure), eigenvalues 1 … 100: condition number 100
+_A = torch.logspace(0, 1, 4, dtype=F64)[:, None] * torch.logspace(0, 1, 5, dtype=F64)[None, :]
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_converges_on_ill_conditioned_quadratic(name):
+    lr, steps = CONVERGENCE[name]["quad"]
+    x = _minimize(name, lr, steps, lambda x: 0.5 * (_A * x**2).sum(), torch.linspace(-1, 1, 20, dtype=F64).reshape(4, 5) + 0.3)
+    assert x.abs().max() < 1e-6, f"{name}: max|x| = {x.abs().max():.3g} after {steps} steps at lr {lr}"
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_converges_on_rosenbrock(name):
+    """Rosenbrock (1-x)² + 10 (y-x²)² from (-1.2, 1): minimum at (1, 1). (b = 10, not 100: diagonal
+    curvature methods crawl along the b = 100 valley for tens of thousands of steps.)"""
+    lr, steps, tol = CONVERGENCE[name]["rosen"]
+    x = _minimize(name, lr, steps, lambda x: (1 - x[0]) ** 2 + 10 * (x[1] - x[0] ** 2) ** 2, torch.tensor([-1.2, 1.0], dtype=F64))
+    assert (x - 1).abs().max() < tol, f"{name}: {x.tolist()} after {steps} steps at lr {lr}"
+
+
+def _mlp_problem(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=F64) * 0.5)
+    x = torch.rand(64, 2, generator=g, dtype=F64) * 2 - 1
+    y = torch.sin(3 * x[:, :1]) * x[:, 1:]
+    return net, x, y
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_state_dict_round_trip_continues_identically(name):
+    net, x, y = _mlp_problem()
+    params = list(net.parameters())
+    lr = CONVERGENCE[name]["quad"][0] * 0.1
+    opt = build_optimizer(name, params, lr)
+    loss = lambda n: ((n(x) - y) ** 2).mean()  # noqa: E731
+    for _ in range(60):  # past ESGD's 50-step warm-up; the next 100 steps cross the refresh at 150
+        _step(opt, lambda: loss(net), params)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    twin = copy.deepcopy(net)
+    twin_params = list(twin.parameters())
+    twin_opt = build_optimizer(name, twin_params, lr)
+    twin_opt.load_state_dict(torch.load(buf))
+    for _ in range(100):
+        _step(opt, lambda: loss(net), params)
+        _step(twin_opt, lambda: loss(twin), twin_params)
+    for p, q in zip(params, twin_params):
+        assert torch.equal(p, q), f"{name}: resumed run differs"
+    assert not torch.equal(params[0], list(_mlp_problem()[0].parameters())[0]), f"{name}: never moved"
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_bad_hyperparameters_rejected_naming_them(name):
+    cls, cases = BAD_ARGUMENTS[name]
+    for kwargs, words in cases:
+        with pytest.raises(ValueError) as err:
+            cls([torch.nn.Parameter(torch.zeros(2, 2))], **kwargs)
+        assert words in str(err.value), f"{name} {kwargs}: message {str(err.value)!r} does not name {words!r}"
+
+
+# -- curvature utilities ------------------------------------------------------------------------------
+
+def _small_net():
+    """f(θ) = mean((w2 · tanh(W1 x + b1) + b2 - y)²) with θ = (W1, b1, w2, b2), and the same as a
+    function of one flat vector for torch.autograd.functional.hessian."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(4, 2), (4,), (1, 4), (1,)]
+    theta = [torch.randn(s, generator=g, dtype=F64, requires_grad=True) for s in shapes]
+    x, y = torch.randn(10, 2, generator=g, dtype=F64), torch.randn(10, 1, generator=g, dtype=F64)
+
+    def f(W1, b1, w2, b2):
+        return ((torch.tanh(x @ W1.T + b1) @ w2.T + b2 - y) ** 2).mean()
+
+    def f_flat(v):
+        parts, i = [], 0
+        for s in shapes:
+            n = math.prod(s)
+            parts.append(v[i : i + n].reshape(s))
+            i += n
+        return f(*parts)
+
+    flat = torch.cat([t.detach().flatten() for t in theta])
+    return theta, f, torch.autograd.functional.hessian(f_flat, flat)
+
+
+def _flat(ts):
+    return torch.cat([t.flatten() for t in ts])
+
+
+def test_hvp_matches_autograd_hessian_exactly():
+    theta, f, H = _small_net()
+    grads = torch.autograd.grad(f(*theta), theta, create_graph=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        vs = [torch.randn(t.shape, generator=g, dtype=F64) for t in theta]
+        torch.testing.assert_close(_flat(hvp(grads, theta, vs)), H @ _flat(vs), rtol=1e-12, atol=1e-12)
+
+
+def test_rademacher_is_plus_minus_one_and_seeded():
+    t = torch.empty(1000, dtype=F64)
+    a, b = rademacher_like(t, torch.Generator().manual_seed(1)), rademacher_like(t, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and set(a.unique().tolist()) == {-1.0, 1.0} and abs(a.mean()) < 0.15
+
+
+def test_hutchinson_diagonals_are_unbiased():
+    """Mean of S draws vs the exact value, within 5 standard errors; the per-draw variances are
+    Σ_{j≠i} H_ij² (Jacobi) and 2 Σ_{j≠k} H_ij² H_ik² (equilibrated)."""
+    theta, f, H = _small_net()
+    grads = torch.autograd.grad(f(*theta), theta, create_graph=True)
+    S = 2000
+    off = H - torch.diag(torch.diag(H))
+    var_j = (off**2).sum(1)
+    H2 = H**2
+    var_e = 2 * (H2.sum(1) ** 2 - (H2**2).sum(1))
+    jac = _flat(jacobi_diagonal(grads, theta, samples=S, generator=torch.Generator().manual_seed(0)))
+    equ = _flat(equilibrated_diagonal(grads, theta, samples=S, generator=torch.Generator().manual_seed(1)))
+    assert ((jac - torch.diag(H)).abs() <= 5 * (var_j / S).sqrt() + 1e-12).all()
+    assert ((equ - torch.diag(H @ H)).abs() <= 5 * (var_e / S).sqrt() + 1e-12).all()
+    assert not torch.allclose(jac, torch.diag(H @ H), atol=1e-3)  # the two estimators estimate different things
+
+
+# -- ESGD's schedule and bias correction ------------------------------------------------------------
+
+def test_esgd_needs_create_graph_exactly_on_refresh_steps():
+    x = torch.nn.Parameter(torch.ones(3, dtype=F64))
+    opt = ESGD([x], lr=1e-3, seed=0)
+    flags = []
+    for _ in range(450):
+        flags.append(opt.needs_create_graph())
+        _step(opt, lambda: 0.5 * (x**2).sum(), [x])
+    assert {t for t, f in enumerate(flags, 1) if f} == set(range(1, 51)) | {150, 250, 350, 450}
+    assert opt.state[x]["hessian_updates"] == 54
+
+
+def test_esgd_reference_bias_correction_steps_larger_at_t1300():
+    """On ½ Σ h_i x_i², (Hv)² = h² for every v, so D is exact; with lr 0 the parameters (and so m̂ = g)
+    stay fixed. At t = 1300 there have been 62 refreshes (1–50, 150, …, 1250): the reference's √D̂ is
+    √((1-β2^62)/(1-β2^1300)) ≈ 0.287 of the true |h|, a ≈3.48× larger step (DESIGN.md: ≈3.5×)."""
+    h = torch.tensor([100.0, 300.0], dtype=F64)
+    moves = {}
+    for mode in ("reference", "per-update"):
+        x = torch.nn.Parameter(torch.ones(2, dtype=F64))
+        opt = ESGD([x], lr=0.0, bias_correction=mode, seed=0)
+        f = lambda: 0.5 * (h * x**2).sum()  # noqa: E731
+        for _ in range(1299):
+            _step(opt, f, [x])
+        opt.param_groups[0]["lr"] = 1.0
+        before = x.detach().clone()
+        _step(opt, f, [x])
+        moves[mode] = (before - x.detach()).abs()
+        assert opt.state[x]["hessian_updates"] == 62
+    torch.testing.assert_close(moves["per-update"], torch.ones(2, dtype=F64), rtol=1e-5, atol=0)  # g/|h| = x = 1
+    ratio = moves["reference"] / moves["per-update"]
+    expected = math.sqrt((1 - 0.999**1300) / (1 - 0.999**62))
+    assert abs(expected - 3.5) < 0.05
+    torch.testing.assert_close(ratio, torch.full((2,), expected, dtype=F64), rtol=1e-3, atol=0)
+
+
+def test_curvature_step_without_graph_is_a_clear_error():
+    x = torch.nn.Parameter(torch.ones(3))
+    opt = ESGD([x])
+    (x**2).sum().backward()
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        opt.step()
