@@ -8,7 +8,8 @@ from pathlib import Path
 
 from mclnf.errors import DivergedError, MclnfError
 from mclnf.fields import ACTIVATIONS
-from mclnf.optim import OPTIMIZERS
+from mclnf.optim import OPTIMIZERS, default_lr
+from mclnf.runtime import keep_freed_memory
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,12 +49,13 @@ def add_fit(sub) -> None:
     g.add_argument("--s0", type=float, help="wavelet: window scale s₀ (default 10)")
     g.add_argument("--pe-frequencies", type=positive_int, help="relu-pe: number of frequencies L (default 8)")
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam", help="optimizer")
-    g.add_argument("--lr", type=float, help="learning rate (default: adam 1e-4, sgd 1)")
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam", help="optimizer (esgd, adahessian-*, shampoo: the preconditioner paper's)")
+    g.add_argument("--lr", type=float, help="learning rate (default: " + ", ".join(f"{k} {default_lr(k):g}" for k in OPTIMIZERS) + ")")
     g.add_argument("--steps", type=int, default=2000, help="training steps (mini-batches)")
     g.add_argument("--batch-size", type=int, default=512, help="samples per mini-batch; each epoch visits every sample once")
     g.add_argument("--seed", type=int, default=0, help="seed of initialization, batch order and occupancy points; same seed, same result")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training step's field (about 30 s to compile; ≈15 %% faster steps at batch 4096 on CPU)")
     g = p.add_argument_group("signal (each applies to the kinds named)")
     g.add_argument("--resize", type=int, help="image/video: scale so the longer side has this many pixels, bilinear (image default 256; 0 keeps the size)")
     g.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="image: centred crop before resizing")
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     add_fit(sub)
     add_render(sub)
     a = parser.parse_args(argv)
+    keep_freed_memory()
     try:
         {"fit": run_fit, "render": run_render}[a.command](a)
     except MclnfError as e:

@@ -65,6 +65,7 @@ class FitConfig:
     eval_points: int | None = None
     resolution: int | None = None
     device: str = "cpu"
+    compile: bool = False
     tensorboard: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -200,11 +201,12 @@ def fit(cfg: FitConfig) -> dict:
         })  # fmt: skip
 
     loss_of = LOSSES[layout.loss]
+    model = torch.compile(field, dynamic=False) if cfg.compile else field  # evaluation stays eager
     device = cfg.device
     sampler = EpochSampler(signal.coords.to(device), signal.values.to(device), cfg.batch_size, cfg.seed)
     try:
         elapsed = train(
-            optimizer, lambda x, y: loss_of(field(x), y), sampler, cfg.steps, start_step=start, elapsed=elapsed,
+            optimizer, lambda x, y: loss_of(model(x), y), sampler, cfg.steps, start_step=start, elapsed=elapsed,
             eval_steps=log_spaced_steps(cfg.steps), on_eval=on_eval, last_good_step=start or None,
             progress=cfg.progress, desc=f"fit {Path(cfg.signal).name}",
         )  # fmt: skip
