@@ -56,6 +56,23 @@ class ImageLayout(GridLayout):
         iio.imwrite(path, self.quantize(native), extension=".png")
 
 
+def composite_on_white(x: Tensor) -> Tensor:
+    """(…, C) in [0, 1] with a last alpha channel (gray+alpha, RGBA) → without it, over white."""
+    return x[..., :-1] * x[..., -1:] + (1 - x[..., -1:]) if x.shape[-1] in (2, 4) else x
+
+
+def resize_longer_side(x: Tensor, size: int) -> Tensor:
+    """Frames (T, H, W, C) scaled so the longer side has ``size`` pixels: bilinear without antialiasing,
+    as the preconditioner paper's data code."""
+    if size < 1:
+        raise MclnfError(f"--resize {size}: must be a positive number of pixels")
+    scale = size / max(x.shape[1:3])
+    hw = (max(1, round(x.shape[1] * scale)), max(1, round(x.shape[2] * scale)))
+    if hw == tuple(x.shape[1:3]):
+        return x
+    return F.interpolate(x.permute(0, 3, 1, 2), size=hw, mode="bilinear", align_corners=False, antialias=False).permute(0, 2, 3, 1)
+
+
 def read_image(source: str | Path) -> np.ndarray:
     """Pixels of a file or of a scikit-image built-in (by name) as an (H, W, C) array, C in {1, 3}."""
     if isinstance(source, str) and source in BUILTIN_IMAGES:
@@ -96,8 +113,7 @@ def load_image(source: str | Path, resize: int | None = None, crop: tuple[int, i
             raise MclnfError(f"{source}: floating-point pixels must lie in [0, 1], found [{x.min():.3g}, {x.max():.3g}]")
     else:
         raise MclnfError(f"{source}: unsupported pixel type {pixels.dtype}")
-    if x.shape[-1] in (2, 4):  # gray+alpha or RGBA: composite onto white
-        x = x[..., :-1] * x[..., -1:] + (1 - x[..., -1:])
+    x = composite_on_white(x)
     if gray and x.shape[-1] == 3:
         x = x @ torch.tensor([[0.299], [0.587], [0.114]])
     if crop is not None:
@@ -107,11 +123,6 @@ def load_image(source: str | Path, resize: int | None = None, crop: tuple[int, i
         top, left = (x.shape[0] - h) // 2, (x.shape[1] - w) // 2
         x = x[top : top + h, left : left + w]
     if resize:
-        if resize < 1:
-            raise MclnfError(f"--resize {resize}: must be a positive number of pixels")
-        scale = resize / max(x.shape[:2])
-        size = (max(1, round(x.shape[0] * scale)), max(1, round(x.shape[1] * scale)))
-        if size != tuple(x.shape[:2]):
-            x = F.interpolate(x.permute(2, 0, 1)[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0].permute(1, 2, 0)
+        x = resize_longer_side(x[None], resize)[0]
     layout = ImageLayout(height=x.shape[0], width=x.shape[1], channels=x.shape[2], bit_depth=bit_depth)
     return Signal(name=str(source), layout=layout, coords=layout.coords(), values=x.reshape(-1, x.shape[2]).contiguous())

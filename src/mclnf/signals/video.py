@@ -9,12 +9,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mclnf.errors import MclnfError
 from mclnf.signals.base import GridLayout, Signal, check_readable
-from mclnf.signals.image import image_metrics
+from mclnf.signals.image import composite_on_white, image_metrics, resize_longer_side
 
 SUFFIXES = (".mp4", ".gif", ".mov", ".avi", ".webm")
 DEFAULT_FPS = 25.0
@@ -95,20 +94,16 @@ def load_video(path: str | os.PathLike, frames: int | None = None, start_frame: 
     if start_frame < 0:
         raise MclnfError(f"--start-frame {start_frame}: must not be negative")
     if resize is not None and resize < 1:
-        raise MclnfError(f"--resize {resize}: must be a positive number of pixels")
+        raise MclnfError(f"--resize {resize}: must be a positive number of pixels")  # before decoding
     pixels, fps = _read_frames(p, start_frame, frames)
     if pixels.ndim == 3:
         pixels = pixels[..., None]
     if pixels.ndim != 4 or pixels.shape[-1] not in (1, 3, 4) or pixels.dtype != np.uint8:
         raise MclnfError(f"{p}: unsupported frame shape {pixels.shape[1:]} or type {pixels.dtype}")
     x = torch.from_numpy(pixels.astype(np.float32) / 255.0)
-    if x.shape[-1] == 4:  # RGBA (e.g. GIF): composite onto white
-        x = x[..., :3] * x[..., 3:] + (1 - x[..., 3:])
+    x = composite_on_white(x)  # RGBA (e.g. GIF)
     if resize:
-        scale = resize / max(x.shape[1:3])
-        size = (max(1, round(x.shape[1] * scale)), max(1, round(x.shape[2] * scale)))
-        if size != tuple(x.shape[1:3]):
-            x = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False, antialias=False).permute(0, 2, 3, 1)
+        x = resize_longer_side(x, resize)
     t, h, w, c = x.shape
     layout = VideoLayout(frames=t, height=h, width=w, channels=c, fps=fps)
     return Signal(name=str(path), layout=layout, coords=layout.coords(), values=x.reshape(-1, c).contiguous())
