@@ -50,7 +50,7 @@ def _regression():
 
 def test_train_reduces_loss_and_reports_evaluations_with_training_time():
     model, x, y = _regression()
-    opt = build_optimizer("adam", model.parameters(), 0.05)
+    opt = build_optimizer("adam", model, 0.05)
     seen = []
     elapsed = train(opt, lambda a, b: (model(a) - b).square().mean(), EpochSampler(x, y, 32, 0), 200,
                     eval_steps=log_spaced_steps(200), on_eval=lambda *e: seen.append(e), progress=False)
@@ -83,7 +83,7 @@ def test_loop_honours_needs_create_graph():
 
 def test_divergence_stops_before_a_non_finite_update():
     model, x, y = _regression()
-    opt = build_optimizer("sgd", model.parameters(), 10.0)  # far beyond 2/L: diverges
+    opt = build_optimizer("sgd", model, 10.0)  # far beyond 2/L: diverges
     good = []
 
     def on_eval(step, loss, t):

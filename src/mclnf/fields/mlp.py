@@ -85,13 +85,15 @@ class Field(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Equal to ``last(σ(… σ(layer(γ(x)))))`` up to float rounding: activations with an
         ``of_linear`` fold their constants (ω₀, σ) into the weights, which are small, instead of
-        scaling every pre-activation (see ``benchmarks/fit_throughput.py``)."""
+        scaling every pre-activation (see ``benchmarks/fit_throughput.py``) — except on a layer with
+        module hooks (K-FAC records inputs and output gradients that way), which is called as a module."""
         h = self.encoding(x)
         *hidden, last = self.layers
         for i, layer in enumerate(hidden):
             act = self.first_activation if i == 0 else self.activation
             of_linear = getattr(act, "of_linear", None)
-            h = act(layer(h)) if of_linear is None else of_linear(h, layer.weight, layer.bias)
+            hooked = layer._forward_pre_hooks or layer._forward_hooks or layer._backward_hooks  # e.g. K-FAC's: they must see the call
+            h = act(layer(h)) if of_linear is None or hooked else of_linear(h, layer.weight, layer.bias)
         return last(h)
 
     @property

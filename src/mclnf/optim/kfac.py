@@ -10,6 +10,7 @@ refresh schedule, the optimizer state, and the step.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from typing import Any, Callable
 
@@ -18,6 +19,10 @@ from asdl.operations.linear import Linear as _AsdlLinear
 from asdl.symmatrix import Kron
 from asdl.utils import cholesky_inv
 from torch import Tensor, nn
+
+# A field's first layer takes coordinates that need no gradient; torch then warns, on the full backward
+# hook, that it fires for the outputs only — exactly the output gradient K-FAC records.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
 
 
 class KFAC(torch.optim.Optimizer):
