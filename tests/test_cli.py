@@ -408,3 +408,16 @@ def test_fit_help_mentions_every_option(capsys):
                    "--resume", "--overwrite", "--quiet", "--device", "--resize", "--duration", "--frames", "--points"):  # fmt: skip
         assert option in text, option
     assert cli("fit") == 2  # the signal is required
+
+
+def test_tensorboard_log_holds_the_curve(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert cli("fit", "camera", "--resize", 16, *SMALL, "--steps", 8, "--tensorboard", "--out", out) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    psnr = events.Scalars("fit/psnr")
+    curve = json.loads((out / "metrics.json").read_text())["curve"]
+    assert [e.step for e in psnr] == [c["step"] for c in curve] == [1, 2, 4, 8]
+    assert [e.value for e in psnr] == pytest.approx([c["psnr"] for c in curve], rel=1e-6)
