@@ -46,10 +46,12 @@ def test_summarize_targets_the_baseline_mean_and_ratios_times():
     assert esgd.seconds_to_target[1] == pytest.approx(1.0 + 5.0 * 11.0 / 21.0)
     # the ratio: esgd's mean seconds to the target over adam's mean total training time (10 s)
     assert esgd.time_ratio == pytest.approx((4.0 + 1.0 + 5.0 * 11.0 / 21.0) / 2 / 10.0)
+    assert esgd.steps_ratio == pytest.approx((50.0 + 1.0 + 49.0 * 11.0 / 21.0) / 2 / 100.0)
     assert rows["sgd"].reached == 0 and rows["sgd"].time_ratio is None
     assert rows["kfac"].diverged == 1 and rows["kfac"].final_mean is None
     table = markdown_table(list(rows.values()), "PSNR", "dB")
     assert "not reached (0/1)" in table and "diverged" in table
+    assert "— / 92 (1/2)" in table  # adam: per-seed steps when only some seeds reached the target
     assert len(table.splitlines()) == 2 + len(rows)
 
 

@@ -72,7 +72,8 @@ class Row:
     seconds_to_target: list[float | None] = field(default_factory=list)
     wall_time_s: float | None = None  # mean total training time
     step_time_ms: float | None = None  # mean training time per step
-    time_ratio: float | None = None  # mean seconds to target / the baseline's mean seconds to target
+    time_ratio: float | None = None  # mean seconds to target / the baseline's mean total training time
+    steps_ratio: float | None = None  # mean steps to target / the baseline's steps (load-independent)
 
     @property
     def reached(self) -> int:
@@ -90,13 +91,15 @@ def summarize(records: list[dict], metric: str, baseline: str = "adam", baseline
     The target of an activation is the mean final ``metric`` of its ``baseline`` runs (at
     ``baseline_lr[activation]`` when given, else at the baseline's only or smallest lr). Steps and
     seconds to the target are :func:`first_reach` per seed; a row's ``time_ratio`` is the mean of its
-    seeds' seconds over the baseline's, and is ``None`` unless every seed of the row reached the target.
+    seeds' seconds to the target over the baseline's mean *total* training time (the time the baseline
+    took to produce the target), and is ``None`` unless every seed of the row reached the target.
     """
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["activation"], r["optimizer"], float(r["lr"])), []).append(r)
     targets: dict[str, float] = {}
     base_seconds: dict[str, float | None] = {}
+    base_steps: dict[str, float] = {}
     for act in dict.fromkeys(k[0] for k in groups):
         lrs = sorted(k[2] for k in groups if k[0] == act and k[1] == baseline)
         if not lrs:
@@ -105,7 +108,8 @@ def summarize(records: list[dict], metric: str, baseline: str = "adam", baseline
         runs = [r for r in groups.get((act, baseline, float(lr)), []) if not r.get("diverged")]
         if runs:
             targets[act] = statistics.fmean(r["final"][metric] for r in runs)
-            base_seconds[act] = _mean([first_reach(r["curve"], metric, targets[act], "time_s") for r in runs])
+            base_seconds[act] = statistics.fmean(r["wall_time_s"] for r in runs)
+            base_steps[act] = statistics.fmean(r["steps"] for r in runs)
     rows = []
     for (act, opt, lr), runs in groups.items():
         runs = sorted(runs, key=lambda r: r["seed"])
@@ -124,6 +128,7 @@ def summarize(records: list[dict], metric: str, baseline: str = "adam", baseline
         )  # fmt: skip
         if seconds_to and all(s is not None for s in seconds_to) and base_seconds.get(act):
             row.time_ratio = statistics.fmean(seconds_to) / base_seconds[act]
+            row.steps_ratio = statistics.fmean(steps_to) / base_steps[act]
         rows.append(row)
     return rows
 
@@ -133,12 +138,12 @@ def _fmt(x, spec=".1f", none="—"):
 
 
 def markdown_table(rows: list[Row], metric: str, unit: str = "") -> str:
-    """A Markdown table of :func:`summarize`'s rows (time to target: mean over seeds; "not reached"
-    when any seed did not reach it, with the count that did)."""
+    """A Markdown table of :func:`summarize`'s rows (time to target: the mean over seeds when every seed
+    reached it, else each seed's value, "—" where not reached, with the count that did)."""
     u = f" ({unit})" if unit else ""
     head = (
         f"| activation | optimizer | lr | seeds | final {metric}{u} mean ± std | target{u} | steps to target | "
-        "seconds to target | time ratio vs baseline | ms / step | total s |"
+        "seconds to target | time ratio vs baseline | steps ratio | ms / step | total s |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -149,11 +154,14 @@ def markdown_table(rows: list[Row], metric: str, unit: str = "") -> str:
             steps = secs = "—"
         elif r.reached == r.seeds:
             steps, secs = f"{_mean(r.steps_to_target):.0f}", f"{_mean(r.seconds_to_target):.1f}"
-        else:
+        elif r.reached == 0:
             steps = secs = f"not reached ({r.reached}/{r.seeds})"
+        else:  # per seed, "—" where not reached
+            steps = " / ".join("—" if x is None else f"{x:.0f}" for x in r.steps_to_target) + f" ({r.reached}/{r.seeds})"
+            secs = " / ".join("—" if x is None else f"{x:.1f}" for x in r.seconds_to_target) + f" ({r.reached}/{r.seeds})"
         lines.append(
             f"| {r.activation} | {r.optimizer} | {r.lr:g} | {r.seeds} | {final} | {_fmt(r.target, '.2f')} | {steps} | "
-            f"{secs} | {_fmt(r.time_ratio, '.2f')} | {_fmt(r.step_time_ms, '.1f')} | {_fmt(r.wall_time_s, '.0f')} |"
+            f"{secs} | {_fmt(r.time_ratio, '.2f')} | {_fmt(r.steps_ratio, '.2f')} | {_fmt(r.step_time_ms, '.1f')} | {_fmt(r.wall_time_s, '.0f')} |"
         )
     return "\n".join(lines)
 
