@@ -421,3 +421,17 @@ def test_tensorboard_log_holds_the_curve(tmp_path):
     curve = json.loads((out / "metrics.json").read_text())["curve"]
     assert [e.step for e in psnr] == [c["step"] for c in curve] == [1, 2, 4, 8]
     assert [e.value for e in psnr] == pytest.approx([c["psnr"] for c in curve], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "signal, activation, chosen",
+    [("camera", "sine", "esgd (lr 0.15)"), ("camera", "gaussian", "adam (lr 0.0001)"), ("camera", "relu-pe", "adam (lr 0.001)"),
+     (DATA / "librispeech/198-209-0000.wav", "sine", "adam (lr 0.0001)")],
+)  # fmt: skip
+def test_optimizer_auto_follows_the_study_and_says_so(tmp_path, capsys, signal, activation, chosen):
+    extra = ("--resize", 16) if signal == "camera" else ("--duration", 0.3)
+    assert cli("fit", signal, *extra, *SMALL, "--steps", 2, "--activation", activation, "--optimizer", "auto", "--out", tmp_path / "r") == 0
+    assert f"--optimizer auto: {chosen}" in capsys.readouterr().out
+    record = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert record["optimizer"] == chosen.split()[0]
+    assert cli("fit", signal, *extra, *SMALL, "--steps", 4, "--activation", activation, "--optimizer", "auto", "--out", tmp_path / "r", "--resume") == 0

@@ -49,7 +49,8 @@ def add_fit(sub) -> None:
     g.add_argument("--s0", type=float, help="wavelet: window scale s₀ (default 10)")
     g.add_argument("--pe-frequencies", type=positive_int, help="relu-pe: number of frequencies L (default 8)")
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam", help="optimizer (esgd, adahessian-*, shampoo: the preconditioner paper's)")
+    g.add_argument("--optimizer", choices=[*OPTIMIZERS, "auto"], default="adam",
+                   help="optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's); auto picks by the study's evidence and says why")
     g.add_argument("--lr", type=float, help="learning rate (default: " + ", ".join(f"{k} {default_lr(k):g}" for k in OPTIMIZERS) + ")")
     g.add_argument("--steps", type=int, default=2000, help="training steps (mini-batches)")
     g.add_argument("--batch-size", type=int, default=512, help="samples per mini-batch; each epoch visits every sample once")

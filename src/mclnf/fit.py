@@ -17,6 +17,7 @@ from mclnf.eval.plots import plot_curve
 from mclnf.fields import Field, FieldConfig
 from mclnf.losses import LOSSES
 from mclnf.optim import build_optimizer, default_lr
+from mclnf.optim.auto import choose_optimizer
 from mclnf.signals import Layout, Signal, load_signal, predict_in_chunks, signal_kind
 from mclnf.train import EpochSampler, log_spaced_steps, train
 
@@ -90,6 +91,9 @@ class FitConfig:
                 raise MclnfError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if self.resolution is not None and self.resolution < 2:
             raise MclnfError(f"--resolution {self.resolution}: must be at least 2")
+        if self.optimizer == "auto":
+            name, lr, _ = choose_optimizer(kind, self.activation)
+            self = dataclasses.replace(self, optimizer=name, lr=lr if self.lr is None else self.lr)
         if self.lr is None:  # explicit, so that --resume --lr <the default> is the same run
             self = dataclasses.replace(self, lr=default_lr(self.optimizer))
         try:
@@ -152,8 +156,11 @@ def prepare_out(cfg: FitConfig) -> Path:
 
 def fit(cfg: FitConfig) -> dict:
     """Fit a field as ``cfg`` says; returns the run record also written to ``metrics.json``."""
+    auto = cfg.optimizer == "auto"
     cfg = cfg.resolved()
     signal = load_fit_signal(cfg)  # every input error is raised before the output folder is touched
+    if auto:
+        print(f"--optimizer auto: {cfg.optimizer} (lr {cfg.lr:g}): {choose_optimizer(signal.kind, cfg.activation)[2]}")
     field_cfg = cfg.field_config(signal)
     torch.manual_seed(cfg.seed)
     field = Field(field_cfg).to(cfg.device)
