@@ -164,7 +164,7 @@ def fit(cfg: FitConfig) -> dict:
     field_cfg = cfg.field_config(signal)
     torch.manual_seed(cfg.seed)
     field = Field(field_cfg).to(cfg.device)
-    optimizer = build_optimizer(cfg.optimizer, field, cfg.lr)
+    optimizer = build_optimizer(cfg.optimizer, field, cfg.lr, seed=cfg.seed)
     out = prepare_out(cfg)
     cfg = dataclasses.replace(cfg, out=out)
 

@@ -29,20 +29,20 @@ def needs_create_graph(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, CurvatureAware) and optimizer.needs_create_graph()
 
 
-OPTIMIZERS: dict[str, tuple[Callable[[nn.Module, float], torch.optim.Optimizer], float]] = {
-    # name: (constructor(model, lr), default learning rate); K-FAC needs the model's layers, the rest
-    # take model.parameters()
-    "adam": (lambda model, lr: torch.optim.Adam(model.parameters(), lr=lr, fused=True), 1e-4),  # fused: ≈5 % faster steps at batch 512
-    "sgd": (lambda model, lr: torch.optim.SGD(model.parameters(), lr=lr), 1.0),
+OPTIMIZERS: dict[str, tuple[Callable[[nn.Module, float, int], torch.optim.Optimizer], float]] = {
+    # name: (constructor(model, lr, seed), default learning rate); K-FAC needs the model's layers, the
+    # rest take model.parameters(); seed seeds the optimizer's own random draws (Rademacher vectors)
+    "adam": (lambda model, lr, seed: torch.optim.Adam(model.parameters(), lr=lr, fused=True), 1e-4),  # fused: ≈5 % faster steps at batch 512
+    "sgd": (lambda model, lr, seed: torch.optim.SGD(model.parameters(), lr=lr), 1.0),
     # the preconditioner paper's optimizers at its learning rates; seeded Rademacher draws, so a run
-    # (and a resumed run: the generator state is in state_dict) is reproducible
-    "esgd": (lambda model, lr: ESGD(model.parameters(), lr=lr, bias_correction="reference", seed=0), 0.15),
-    "esgd-corrected": (lambda model, lr: ESGD(model.parameters(), lr=lr, bias_correction="per-update", seed=0), 0.15),
-    "adahessian-j": (lambda model, lr: AdaHessian(model.parameters(), lr=lr, estimator="jacobi", seed=0), 0.15),
-    "adahessian-e": (lambda model, lr: AdaHessian(model.parameters(), lr=lr, estimator="equilibrated", seed=0), 0.15),
-    "shampoo": (lambda model, lr: Shampoo(model.parameters(), lr=lr), 0.1),
+    # (and a resumed run: the generator state is in state_dict) is reproducible and seeds differ
+    "esgd": (lambda model, lr, seed: ESGD(model.parameters(), lr=lr, bias_correction="reference", seed=seed), 0.15),
+    "esgd-corrected": (lambda model, lr, seed: ESGD(model.parameters(), lr=lr, bias_correction="per-update", seed=seed), 0.15),
+    "adahessian-j": (lambda model, lr, seed: AdaHessian(model.parameters(), lr=lr, estimator="jacobi", seed=seed), 0.15),
+    "adahessian-e": (lambda model, lr, seed: AdaHessian(model.parameters(), lr=lr, estimator="equilibrated", seed=seed), 0.15),
+    "shampoo": (lambda model, lr, seed: Shampoo(model.parameters(), lr=lr), 0.1),
     # K-FAC-preconditioned SGD: damping 0.01, factors and inverses refreshed every 100 steps
-    "kfac": (lambda model, lr: KFAC(model, lr=lr, damping=0.01, update_every=100), 0.1),
+    "kfac": (lambda model, lr, seed: KFAC(model, lr=lr, damping=0.01, update_every=100), 0.1),
 }
 
 
@@ -50,13 +50,14 @@ def default_lr(name: str) -> float:
     return _lookup(name)[1]
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
-    """An optimizer by name for ``model``'s trainable parameters, at ``lr`` or at its default learning rate."""
+def build_optimizer(name: str, model: nn.Module, lr: float | None = None, seed: int = 0) -> torch.optim.Optimizer:
+    """An optimizer by name for ``model``'s trainable parameters, at ``lr`` or at its default learning
+    rate; ``seed`` seeds its own random draws (the curvature optimizers' Rademacher vectors)."""
     make, lr_default = _lookup(name)
     lr = lr_default if lr is None else lr
     if not (lr > 0 and lr < float("inf")):
         raise MclnfError(f"--lr {lr}: must be a positive finite number")
-    return make(model, lr)
+    return make(model, lr, seed)
 
 
 def _lookup(name: str):
