@@ -1,0 +1,242 @@
+"""Task streams for continual learning: one signal split into T tasks that arrive one after another.
+
+Splits per kind (the first is the default when ``split`` is ``None``):
+
+* image — ``patches``: a grid of ``rows × cols`` rectangular patches (``grid=(rows, cols)``; the
+  default ``(1, T)`` gives the MCL-NF paper's T vertical strips along x: a 180×180 image into four
+  180×45 strips); ``resolution``: the paper's Appendix D, T = s² sub-images by pixel parity, task
+  ``k = a·s + b`` takes rows ``a, a+s, …`` and columns ``b, b+s, …`` (s = 2: offsets (0,0), (0,1),
+  (1,0), (1,1) in (row, column) order, stride 2), each covering the whole image at 1/s resolution.
+* video — ``time``: T chunks of consecutive frames.
+* audio — ``time``: T consecutive segments.
+* occupancy — ``space``: blocks of [-1, 1]³ (``grid=(gx, gy, gz)``, default ``(T, 1, 1)``: T slabs
+  along x), equal in size; training and held-out points go to the block that contains them.
+
+Conventions
+-----------
+* Uneven grid splits are as even as possible: sizes differ by at most one sample, the first
+  ``n mod g`` pieces getting the extra one (``numpy.array_split``).
+* Tasks of a grid are numbered in C order of the piece grid, in grid-axis order: for an image
+  ``(rows, cols)``, task ``r·cols + c``; strips are numbered left to right, chunks early to late.
+* ``Task.region`` is one ``(lo, hi)`` per *coordinate column* (image (x, y), video (x, y, t),
+  audio (t,), occupancy (x, y, z)). Between two grid tasks the border is the midpoint between the
+  last sample centre of one and the first of the next, so the boxes tile [-1, 1]^d without gaps or
+  overlaps. Boxes are closed on their upper side, ``(lo, hi]``, and the first box along an axis
+  also contains ``-1`` — so a point on a shared border belongs to the *lower* task index, which
+  is what :func:`route` returns. Grid samples never lie on a border.
+* ``Task.lattice`` (``resolution`` only; else ``None``): per *grid axis* (image: (row, column))
+  the ``(offset, stride)`` of the task's samples; the region is then the whole domain.
+* ``sample_index`` indexes the parent's training samples (``coords``/``values``),
+  ``eval_sample_index`` its evaluation samples (for grids they are the same tensor); both are in
+  increasing order, so each task's samples keep the parent's C order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mclnf.errors import MclnfError
+from mclnf.signals.base import GridLayout, Signal
+
+SPLITS = {"image": ("patches", "resolution"), "video": ("time",), "audio": ("time",), "occupancy": ("space",)}
+ALL_SPLITS = ("patches", "resolution", "time", "space")
+Region = tuple[tuple[float, float], ...]
+
+
+@dataclass(kw_only=True)
+class Task(Signal):
+    """One task of a stream: a :class:`Signal` (so the training loop takes it as is) plus where it lies.
+
+    ``index`` is the task's position in the stream; ``sample_index``/``eval_sample_index``
+    (LongTensor) its samples in the parent; ``region`` its box in coordinate space (one (lo, hi)
+    per coordinate column, upper side closed); ``lattice`` (``resolution`` split only) per grid
+    axis the (offset, stride) of its samples.
+    """
+
+    index: int
+    sample_index: Tensor
+    eval_sample_index: Tensor
+    region: Region
+    lattice: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def signal(self) -> Signal:
+        """The task as a plain :class:`Signal` named ``parent#task{i}``."""
+        return Signal(self.name, self.layout, self.coords, self.values, self.eval_coords, self.eval_values)
+
+
+def default_split(kind: str) -> str:
+    if kind not in SPLITS:
+        raise MclnfError(f"signals of kind {kind!r} cannot be split into tasks; supported kinds: {', '.join(SPLITS)}")
+    return SPLITS[kind][0]
+
+
+def split_signal(signal: Signal, split: str | None = None, tasks: int = 4, grid: tuple[int, ...] | None = None) -> list[Task]:
+    """Split ``signal`` into ``tasks`` tasks (see the module docstring); ``split=None``: the kind's default."""
+    kind = signal.kind
+    split = default_split(kind) if split is None else split
+    if split not in ALL_SPLITS:
+        raise MclnfError(f"--split {split}: unknown split; expected one of {', '.join(ALL_SPLITS)}")
+    if split not in SPLITS.get(kind, ()):
+        raise MclnfError(f"--split {split}: not applicable to {kind} signals; {kind} supports {', '.join(SPLITS.get(kind, ())) or 'no split'}")
+    if isinstance(tasks, bool) or not isinstance(tasks, (int, np.integer)) or tasks < 1:
+        raise MclnfError(f"--tasks {tasks}: must be an integer of at least 1")
+    tasks = int(tasks)
+    if grid is not None:
+        grid = tuple(grid)
+        if split not in ("patches", "space"):
+            raise MclnfError(f"--grid {' '.join(map(str, grid))}: only the patches and space splits take a grid, not {split}")
+        want = 2 if split == "patches" else 3
+        names = "(rows, cols)" if split == "patches" else "(gx, gy, gz)"
+        if len(grid) != want or any(isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 1 for g in grid):
+            raise MclnfError(f"--grid {' '.join(map(str, grid))}: the {split} split needs {want} positive integers {names}")
+        if math.prod(grid) != tasks:
+            raise MclnfError(f"--grid {' '.join(map(str, grid))}: {math.prod(grid)} blocks but --tasks {tasks}; the grid's product must equal the number of tasks")
+    if split == "patches":
+        rows, cols = grid or (1, tasks)
+        return _split_grid(signal, (rows, cols), ("rows (y)", "columns (x)"))
+    if split == "time":
+        layout = signal.layout
+        pieces = (tasks,) + (1,) * (len(layout.grid_shape) - 1)
+        what = "frames" if kind == "video" else "samples"
+        return _split_grid(signal, pieces, (what,) + ("",) * (len(pieces) - 1))
+    if split == "resolution":
+        return _split_resolution(signal, tasks)
+    return _split_space(signal, tuple(grid or (tasks, 1, 1)))
+
+
+def _check_grid_signal(signal: Signal) -> GridLayout:
+    if not isinstance(signal.layout, GridLayout) or len(signal) != math.prod(signal.layout.grid_shape):
+        raise MclnfError(f"{signal.name}: not a complete grid signal; it cannot be split by grid")
+    return signal.layout
+
+
+def _pieces(n: int, g: int) -> list[tuple[int, int]]:
+    """``n`` samples into ``g`` contiguous ranges [start, end), sizes differing by at most one."""
+    base, extra = divmod(n, g)
+    bounds = np.cumsum([0] + [base + (i < extra) for i in range(g)])
+    return [(int(bounds[i]), int(bounds[i + 1])) for i in range(g)]
+
+
+def _centres(n: int) -> list[float]:
+    """Sample centres along a grid axis of ``n`` samples, exactly as :func:`grid_coords` (float32)."""
+    axis = torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1)
+    return axis.double().tolist()
+
+
+def _range_bounds(n: int, start: int, end: int) -> tuple[float, float]:
+    c = _centres(n)
+    lo = -1.0 if start == 0 else (c[start - 1] + c[start]) / 2
+    hi = 1.0 if end == n else (c[end - 1] + c[end]) / 2
+    return lo, hi
+
+
+def _task(signal: Signal, index: int, idx: Tensor, region: Region, lattice=None, eval_idx: Tensor | None = None) -> Task:
+    eval_idx = idx if eval_idx is None else eval_idx
+    same = eval_idx is idx and signal.eval_coords is signal.coords
+    return Task(
+        name=f"{signal.name}#task{index}",
+        layout=signal.layout,
+        coords=signal.coords[idx],
+        values=signal.values[idx],
+        eval_coords=None if same else signal.eval_coords[eval_idx],
+        eval_values=None if same else signal.eval_values[eval_idx],
+        index=index,
+        sample_index=idx,
+        eval_sample_index=eval_idx,
+        region=region,
+        lattice=lattice,
+    )
+
+
+def _split_grid(signal: Signal, pieces: tuple[int, ...], names: tuple[str, ...]) -> list[Task]:
+    """Split a grid signal into ``prod(pieces)`` boxes, ``pieces[a]`` contiguous ranges along grid axis ``a``."""
+    layout = _check_grid_signal(signal)
+    shape = layout.grid_shape
+    for n, g, name in zip(shape, pieces, names):
+        if g > n:
+            raise MclnfError(f"--tasks/--grid: {g} pieces along an axis of only {n} {name}; a task would be empty")
+    order = torch.arange(len(signal)).reshape(shape)
+    ranges = [_pieces(n, g) for n, g in zip(shape, pieces)]
+    out = []
+    for index, combo in enumerate(np.ndindex(*pieces)):
+        spans = [ranges[a][k] for a, k in enumerate(combo)]
+        idx = order[tuple(slice(s, e) for s, e in spans)].reshape(-1)
+        region = tuple(_range_bounds(n, s, e) for n, (s, e) in zip(shape, spans))[::-1]  # coordinate columns
+        out.append(_task(signal, index, idx, region))
+    return out
+
+
+def _split_resolution(signal: Signal, tasks: int) -> list[Task]:
+    layout = _check_grid_signal(signal)
+    s = math.isqrt(tasks)
+    if s * s != tasks:
+        raise MclnfError(f"--tasks {tasks}: the resolution split needs a perfect square (4 = 2×2 by pixel parity, 9 = 3×3, …)")
+    h, w = layout.grid_shape
+    if s > min(h, w):
+        raise MclnfError(f"--tasks {tasks}: stride {s} is larger than the image ({h}×{w}); a task would be empty")
+    order = torch.arange(len(signal)).reshape(h, w)
+    whole = ((-1.0, 1.0), (-1.0, 1.0))
+    out = []
+    for index in range(tasks):
+        a, b = divmod(index, s)
+        idx = order[a::s, b::s].reshape(-1)
+        out.append(_task(signal, index, idx, whole, lattice=((a, s), (b, s))))
+    return out
+
+
+def _split_space(signal: Signal, grid: tuple[int, ...]) -> list[Task]:
+    d = signal.coords.shape[1]
+    if len(grid) != d:
+        raise MclnfError(f"--grid: the space split needs {d} numbers, one per coordinate axis")
+    edges = [np.linspace(-1.0, 1.0, g + 1).tolist() for g in grid]
+    # task order: C order of the grid in coordinate-axis order (x slowest)
+    regions = [tuple((edges[a][k], edges[a][k + 1]) for a, k in enumerate(combo)) for combo in np.ndindex(*grid)]
+    boxes = [_Box(r) for r in regions]
+    train, held = route(signal.coords, boxes), route(signal.eval_coords, boxes)
+    parts = [[torch.nonzero(r == index).reshape(-1) for r in (train, held)] for index in range(len(regions))]
+    for k, what, option in ((0, "training", "--points"), (1, "held-out", "--eval-points")):
+        for index, region in enumerate(regions):
+            if len(parts[index][k]) == 0:
+                box = " × ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in region)
+                raise MclnfError(
+                    f"--tasks {len(regions)}: block {index} ({box}) holds no {what} points; a task would be empty (use fewer --tasks or more {option})"
+                )
+    return [_task(signal, index, idx, region, eval_idx=eval_idx) for index, (region, (idx, eval_idx)) in enumerate(zip(regions, parts))]
+
+
+@dataclass(frozen=True)
+class _Box:
+    region: Region
+    lattice: None = None
+
+
+def route(coords: Tensor, tasks: list, chunk: int = 65536) -> Tensor:
+    """For each coordinate (N, d), the index (into ``tasks``) of the task whose region contains it.
+
+    Regions are closed on their upper side (module docstring): a point on a shared border goes to
+    the lower index. Coordinates outside every region (outside [-1, 1]^d, or in a part of the
+    domain no given task covers) go to the nearest region (Euclidean distance to the box), ties
+    again to the lower index. The ``resolution`` split's tasks all cover the whole domain, so
+    routing by region is meaningless for them and raises :class:`MclnfError`.
+    """
+    if len(tasks) == 0:
+        raise MclnfError("route: no tasks to route to")
+    if any(getattr(t, "lattice", None) is not None for t in tasks):
+        raise MclnfError("route: tasks of the resolution split all cover the whole domain (they differ by pixel lattice, not region); they cannot be routed by coordinates")
+    d = len(tasks[0].region)
+    if coords.ndim != 2 or coords.shape[1] != d or any(len(t.region) != d for t in tasks):
+        raise MclnfError(f"route: coordinates of shape {tuple(coords.shape)} do not match regions of dimension {d}")
+    bounds = torch.tensor([t.region for t in tasks], dtype=torch.float64, device=coords.device)  # (T, d, 2)
+    lo, hi = bounds[..., 0], bounds[..., 1]
+    out = []
+    for c in coords.detach().double().split(chunk):
+        c = c[:, None, :]  # (n, 1, d)
+        dist = (c.clamp(lo, hi) - c).square().sum(-1)  # (n, T); 0 inside (closed boxes)
+        out.append(dist.argmin(1))  # first minimum: the lowest index on shared borders
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=coords.device)
