@@ -24,54 +24,61 @@ from torch import Tensor, nn
 ACTIVATIONS = ("sine", "gaussian", "wavelet", "relu", "relu-pe")
 
 
-class Sine(nn.Module):
-    def __init__(self, omega0: float):
-        super().__init__()
-        self.omega0 = omega0
+class FoldedActivation(nn.Module):
+    """An activation σ(z) = g(c·z) whose constant c can be folded into the (small) layer parameters:
+    σ(Wh + b) = g((cW)h + cb), saving elementwise passes over every pre-activation each way
+    (``Field`` and ``ModularField`` use :meth:`of_linear` / :attr:`scale` + :meth:`folded`)."""
+
+    scale: float  # c
+
+    def folded(self, u: Tensor) -> Tensor:
+        """g(u), the activation of an already scaled pre-activation u = c·z."""
+        raise NotImplementedError
 
     def forward(self, z: Tensor) -> Tensor:
-        return torch.sin(self.omega0 * z)
+        return self.folded(self.scale * z)
 
     def of_linear(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """``self(F.linear(h, weight, bias))`` with ω₀ folded into the (small) parameters rather than
-        scaling every pre-activation: sin((ω₀W) h + ω₀b), one elementwise pass fewer each way."""
-        return torch.sin(F.linear(h, self.omega0 * weight, self.omega0 * bias))
+        """``self(F.linear(h, weight, bias))`` with c folded into the parameters."""
+        return self.folded(F.linear(h, self.scale * weight, self.scale * bias))
+
+
+class Sine(FoldedActivation):
+    """sin(ω₀z): c = ω₀, g = sin."""
+
+    def __init__(self, omega0: float):
+        super().__init__()
+        self.omega0 = self.scale = omega0
+
+    def folded(self, u: Tensor) -> Tensor:
+        return torch.sin(u)
 
     def extra_repr(self) -> str:
         return f"omega0={self.omega0}"
 
 
-class Gaussian(nn.Module):
+class Gaussian(FoldedActivation):
+    """exp(−z²/2σ²): c = 1/(σ√2), g(u) = exp(−u²)."""
+
     def __init__(self, sigma: float):
         super().__init__()
-        self.sigma = sigma
+        self.sigma, self.scale = sigma, math.sqrt(0.5) / sigma
 
-    def forward(self, z: Tensor) -> Tensor:
-        return torch.exp(-0.5 / self.sigma**2 * z.square())
-
-    def of_linear(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """``self(F.linear(h, weight, bias))`` as exp(−u²), u = c(Wh + b), c = 1/(σ√2) folded into the parameters."""
-        c = math.sqrt(0.5) / self.sigma
-        return torch.exp(-F.linear(h, c * weight, c * bias).square())
+    def folded(self, u: Tensor) -> Tensor:
+        return torch.exp(-u.square())
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
 
 
-class RealGabor(nn.Module):
-    """WIRE's real Gabor wavelet: a cosine under a Gaussian window of the same pre-activation."""
+class RealGabor(FoldedActivation):
+    """WIRE's real Gabor wavelet cos(ω₀z)·exp(−(s₀z)²): c = ω₀, g(u) = cos(u)·exp(−(s₀/ω₀)²u²)."""
 
     def __init__(self, omega0: float, s0: float):
         super().__init__()
-        self.omega0, self.s0 = omega0, s0
+        self.omega0, self.s0, self.scale = omega0, s0, omega0
 
-    def forward(self, z: Tensor) -> Tensor:
-        return torch.cos(self.omega0 * z) * torch.exp(-((self.s0 * z).square()))
-
-    def of_linear(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """``self(F.linear(h, weight, bias))`` with ω₀ folded into the parameters: u = ω₀z,
-        cos(u)·exp(−(s₀/ω₀)²u²), two elementwise passes fewer each way."""
-        u = F.linear(h, self.omega0 * weight, self.omega0 * bias)
+    def folded(self, u: Tensor) -> Tensor:
         return torch.cos(u) * torch.exp(-((self.s0 / self.omega0) ** 2) * u.square())
 
     def extra_repr(self) -> str:

@@ -37,20 +37,13 @@ import torch
 from torch import Tensor, nn
 
 from mclnf.errors import MclnfError
-from mclnf.fields.activations import Gaussian, RealGabor, Sine
+from mclnf.fields.activations import FoldedActivation
 from mclnf.fields.mlp import Field, FieldConfig
 
 
 def _folded(act: nn.Module):
-    """(c, g) with act(z) == g(c·z) — the constant c is folded into the (small) weights, as Field's ``of_linear``."""
-    if isinstance(act, Sine):
-        return act.omega0, torch.sin
-    if isinstance(act, Gaussian):
-        return (0.5**0.5) / act.sigma, lambda u: torch.exp(-u.square())
-    if isinstance(act, RealGabor):
-        k = (act.s0 / act.omega0) ** 2
-        return act.omega0, lambda u: torch.cos(u) * torch.exp(-k * u.square())
-    return 1.0, act
+    """(c, g) with act(z) == g(c·z): the constant c is folded into the stacked weights, as ``Field``'s."""
+    return (act.scale, act.folded) if isinstance(act, FoldedActivation) else (1.0, act)
 
 
 class StackedLinear(nn.Module):
