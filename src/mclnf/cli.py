@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
+from mclnf.continual.learners import LEARNERS
 from mclnf.errors import DivergedError, MclnfError
 from mclnf.fields import ACTIVATIONS
 from mclnf.optim import OPTIMIZERS, default_lr
@@ -37,8 +39,48 @@ def add_fit(sub) -> None:
         "  mclnf fit ../shared/data/audio/gt_counting.wav\n  mclnf fit bikes.mp4 --frames 16 --resize 256\n"
         "  mclnf fit bunny.obj --activation gaussian --sigma 0.09",
     )  # fmt: skip
+    add_signal_field_options(p, "fit", auto=True)
+    p.set_defaults(steps=2000)
+
+
+def add_continual(sub) -> None:
+    from mclnf.continual.learners import LearnerOptions
+
+    d = LearnerOptions()
+    p = sub.add_parser(
+        "continual", formatter_class=Help, help="learn a signal that arrives as a sequence of tasks",
+        description="Split a signal into --tasks tasks (image strips or pixel-parity sub-images, video chunks, "
+        "audio segments, mesh blocks), learn them one after another with --learner, and write metrics.json "
+        "(R[i][j] = quality on task j after task i, final quality, BWT), the reconstruction after every task, "
+        "matrix.png and checkpoint.pt (after every task; --resume continues). --learner all runs every learner "
+        "on the same stream into OUT/<learner> and writes comparison.md and comparison.png.",
+        epilog="examples:\n  mclnf continual ../shared/data/celeba_align/000001.jpg --crop 178 178 --resize 0 --pad 1 --learner all\n"
+        "  mclnf continual ../shared/data/video/bikes.mp4 --frames 16 --resize 128 --learner modular\n"
+        "  mclnf continual camera --split resolution --learner er --buffer-size 8192",
+    )  # fmt: skip
+    add_signal_field_options(p, "continual", auto=False)
+    g = p.add_argument_group("task stream and learner")
+    g.add_argument("--tasks", type=positive_int, default=4, help="number of tasks T")
+    g.add_argument("--split", choices=("patches", "resolution", "time", "space"), help="image: patches (default; T strips along x) or resolution (T = s² pixel-parity sub-images); video/audio: time; mesh: space (default T slabs along x)")
+    g.add_argument("--grid", type=positive_int, nargs="+", help="patches: ROWS COLS; space: GX GY GZ (product = --tasks)")
+    g.add_argument("--learner", choices=(*LEARNERS, "all"), default="cl", help="ol (offline, all tasks at once), cl (fine-tuning), er (experience replay), ewc, mer (meta-experience replay), modular (one module per region), all")
+    g.add_argument("--buffer-size", type=positive_int, default=d.buffer_size, help="er, mer: reservoir buffer size (samples)")
+    g.add_argument("--replay-batch", type=positive_int, help="er, mer: replayed samples added to each batch (default: --batch-size)")
+    g.add_argument("--ewc-lambda", type=float, default=d.ewc_lambda, help="ewc: penalty strength λ (1: each old task's loss by its diagonal quadratic model)")
+    g.add_argument("--fisher-samples", type=positive_int, default=d.fisher_samples, help="ewc: samples per task the Fisher is averaged over")
+    g.add_argument("--mer-steps", type=positive_int, default=d.mer_steps, help="mer: pieces each batch is learned in, one step each")
+    g.add_argument("--mer-beta", type=float, default=d.mer_beta, help="mer: within-batch Reptile step β")
+    g.add_argument("--mer-batches", type=positive_int, default=d.mer_batches, help="mer: batches per across-batch Reptile step")
+    g.add_argument("--mer-gamma", type=float, default=d.mer_gamma, help="mer: across-batch Reptile step γ")
+    g.add_argument("--modules", type=positive_int, help="modular: number of modules K (default: one per task); K regions of the same split")
+    g.add_argument("--module-width", type=positive_int, help="modular: hidden units of each module (default: --width / √K, so K modules hold about one field's parameters)")
+    p.set_defaults(steps=500)
+
+
+def add_signal_field_options(p, command: str, auto: bool) -> None:
+    """The options ``fit`` and ``continual`` share: the signal, the field, the optimizer, the run."""
     p.add_argument("signal", help="a PNG/JPEG/TIFF image, a scikit-image image name (camera, astronaut, ...), a WAV/FLAC/OGG clip, an MP4/GIF video or an OBJ/PLY/STL/OFF mesh (occupancy)")
-    p.add_argument("--out", type=Path, help="output folder (default: runs/fit-<signal>-<activation>)")
+    p.add_argument("--out", type=Path, help=f"output folder (default: runs/{command}-<signal>-<{'activation' if command == 'fit' else 'learner'}>)")
     g = p.add_argument_group("field")
     g.add_argument("--activation", choices=ACTIVATIONS, default="sine", help="sine (SIREN), gaussian, wavelet (real Gabor, WIRE), relu, relu-pe (ReLU with positional encoding)")
     g.add_argument("--width", type=positive_int, default=256, help="hidden units per layer")
@@ -49,18 +91,20 @@ def add_fit(sub) -> None:
     g.add_argument("--s0", type=float, help="wavelet: window scale s₀ (default 10)")
     g.add_argument("--pe-frequencies", type=positive_int, help="relu-pe: number of frequencies L (default 8)")
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=[*OPTIMIZERS, "auto"], default="adam",
-                   help="optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's); auto picks by the study's evidence and says why")
+    g.add_argument("--optimizer", choices=[*OPTIMIZERS, "auto"] if auto else list(OPTIMIZERS), default="adam",
+                   help="optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's)" + ("; auto picks by the study's evidence and says why" if auto else ""))
     g.add_argument("--lr", type=float, help="learning rate (default: " + ", ".join(f"{k} {default_lr(k):g}" for k in OPTIMIZERS) + ")")
-    g.add_argument("--steps", type=int, default=2000, help="training steps (mini-batches)")
+    g.add_argument("--steps", type=int, help="training steps (mini-batches)" + (" per task" if command == "continual" else ""))
     g.add_argument("--batch-size", type=int, default=512, help="samples per mini-batch; each epoch visits every sample once")
     g.add_argument("--seed", type=int, default=0, help="seed of initialization, batch order and occupancy points; same seed, same result")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    g.add_argument("--compile", action="store_true", help="torch.compile the training step's field (about 30 s to compile; ≈15 %% faster steps at batch 4096 on CPU)")
+    if command == "fit":
+        g.add_argument("--compile", action="store_true", help="torch.compile the training step's field (about 30 s to compile; ≈15 %% faster steps at batch 4096 on CPU)")
     g = p.add_argument_group("signal (each applies to the kinds named)")
     g.add_argument("--resize", type=int, help="image/video: scale so the longer side has this many pixels, bilinear (image default 256; 0 keeps the size)")
     g.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="image: centred crop before resizing")
     g.add_argument("--gray", action="store_true", default=None, help="image: convert to luminance")
+    g.add_argument("--pad", type=int, help="image: zero rows/columns added on every side, last (MCL-NF's CelebA: --crop 178 178 --resize 0 --pad 1)")
     g.add_argument("--start", type=float, help="audio: start time in seconds")
     g.add_argument("--duration", type=float, help="audio: length in seconds (default: to the end)")
     g.add_argument("--frames", type=int, help="video: number of frames (default: all)")
@@ -69,8 +113,9 @@ def add_fit(sub) -> None:
     g.add_argument("--eval-points", type=int, help="occupancy: held-out points for IoU (default 100000)")
     g.add_argument("--resolution", type=int, help="occupancy: marching-cubes grid of the reconstruction (default 128)")
     g = p.add_argument_group("run")
-    g.add_argument("--tensorboard", action="store_true", help="also log to --out/tensorboard")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (--steps may grow)")
+    if command == "fit":
+        g.add_argument("--tensorboard", action="store_true", help="also log to --out/tensorboard")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint" + (" (--steps may grow)" if command == "fit" else " (after its last finished task)"))
     g.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -97,6 +142,20 @@ def run_fit(a: argparse.Namespace) -> None:
     print(f"outputs in {record['config']['out']}")
 
 
+def run_continual(a: argparse.Namespace) -> None:
+    from mclnf.continual.learners import LearnerOptions
+    from mclnf.continual.run import ContinualConfig, comparison_table, continual
+
+    own = {f.name for f in dataclasses.fields(LearnerOptions)} - {"optimizer", "lr", "batch_size", "seed"}  # those four are the run's
+    options = {k: v for k, v in vars(a).items() if k not in ("command", "quiet", *own)}
+    opts = LearnerOptions(**{k: v for k, v in vars(a).items() if k in own})
+    options["crop"] = None if options["crop"] is None else tuple(options["crop"])
+    options["grid"] = None if options["grid"] is None else tuple(options["grid"])
+    records = continual(ContinualConfig(**options, options=opts, progress=not a.quiet))
+    print(comparison_table(records), end="")
+    print(f"outputs in {Path(records[0]['config']['out']).parent if a.learner == 'all' else records[0]['config']['out']}")
+
+
 def run_render(a: argparse.Namespace) -> None:
     import dataclasses
 
@@ -121,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="mclnf", description="Learn neural fields fast and continually.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_fit(sub)
+    add_continual(sub)
     add_render(sub)
     a = parser.parse_args(argv)
     keep_freed_memory()
     try:
-        {"fit": run_fit, "render": run_render}[a.command](a)
+        {"fit": run_fit, "continual": run_continual, "render": run_render}[a.command](a)
     except MclnfError as e:
         print(f"mclnf {a.command}: error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from mclnf.signals import Layout, Signal, load_signal, predict_in_chunks, signal
 from mclnf.train import EpochSampler, log_spaced_steps, train
 
 SIGNAL_OPTIONS = {  # the loader options that apply to each kind
-    "image": ("resize", "crop", "gray"),
+    "image": ("resize", "crop", "gray", "pad"),
     "audio": ("start", "duration"),
     "video": ("frames", "start_frame", "resize"),
     "occupancy": ("points", "eval_points"),
@@ -35,7 +35,7 @@ RESUMABLE = ("steps", "resume", "overwrite", "progress", "tensorboard", "out")  
 ACTIVATION_OPTIONS = {  # the field options that apply to each activation
     "sine": ("omega0", "first_omega0"), "gaussian": ("sigma",), "wavelet": ("omega0", "s0"), "relu": (), "relu-pe": ("pe_frequencies",),
 }  # fmt: skip
-RUN_FILES = ("checkpoint.pt", "field.safetensors", "metrics.json")  # a folder holding one of these holds a run
+RUN_FILES = ("checkpoint.pt", "field.safetensors", "metrics.json", "comparison.md")  # a folder holding one of these holds a run
 
 
 @dataclass
@@ -58,6 +58,7 @@ class FitConfig:
     resize: int | None = None
     crop: tuple[int, int] | None = None
     gray: bool | None = None
+    pad: int | None = None
     start: float | None = None
     duration: float | None = None
     frames: int | None = None
@@ -138,20 +139,28 @@ def write_reconstruction(field: Field, layout: Layout, path: Path) -> Path:
     return path
 
 
-def prepare_out(cfg: FitConfig) -> Path:
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"fit-{Path(cfg.signal).stem}-{cfg.activation}"
+def prepare_out(out: Path, resume: bool, overwrite: bool, resume_file: str = "checkpoint.pt") -> Path:
+    """Check that ``out`` can take a run: resumable (it holds ``resume_file``) or empty; ``overwrite``
+    empties it, but only if it holds a run. Nothing is created here."""
     if out.exists() and not out.is_dir():
         raise MclnfError(f"--out {out}: exists and is not a folder")
-    if cfg.resume:
-        if not (out / "checkpoint.pt").is_file():
-            raise MclnfError(f"--resume: {out} holds no checkpoint.pt to resume from")
+    if resume:
+        if not (out / resume_file).is_file():
+            raise MclnfError(f"--resume: {out} holds no {resume_file} to resume from")
     elif out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
+        if not overwrite:
             raise MclnfError(f"--out {out}: folder is not empty; pass --resume to continue its run or --overwrite to replace it")
         if not any((out / name).exists() for name in RUN_FILES):  # never delete a folder that is not a run
             raise MclnfError(f"--out {out}: folder holds no mclnf run ({', '.join(RUN_FILES)}); --overwrite only replaces runs")
         shutil.rmtree(out)
     return out
+
+
+def make_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MclnfError(f"--out {out}: cannot create the folder ({e.strerror or type(e).__name__})") from None
 
 
 def fit(cfg: FitConfig) -> dict:
@@ -165,7 +174,7 @@ def fit(cfg: FitConfig) -> dict:
     torch.manual_seed(cfg.seed)
     field = Field(field_cfg).to(cfg.device)
     optimizer = build_optimizer(cfg.optimizer, field, cfg.lr, seed=cfg.seed)
-    out = prepare_out(cfg)
+    out = prepare_out(Path(cfg.out) if cfg.out else Path("runs") / f"fit-{Path(cfg.signal).stem}-{cfg.activation}", cfg.resume, cfg.overwrite)
     cfg = dataclasses.replace(cfg, out=out)
 
     start, elapsed, curve = 0, 0.0, []
@@ -182,10 +191,7 @@ def fit(cfg: FitConfig) -> dict:
         start, elapsed, curve = ck["step"], ck["elapsed"], ck["curve"]
         for name in ("metrics.json", "curve.png", f"reconstruction{signal.layout.suffix}"):  # outputs of the shorter run
             (out / name).unlink(missing_ok=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MclnfError(f"--out {out}: cannot create the folder ({e.strerror or type(e).__name__})") from None
+    make_dir(out)
 
     layout = signal.layout
     writer = None

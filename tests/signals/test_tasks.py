@@ -1,5 +1,7 @@
 """Task streams: every split partitions its signal exactly, regions tile the domain, route agrees."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,8 @@ def test_paper_strips_are_180_by_45(face180):
         img = t.values.reshape(180, 45, 3)
         assert torch.equal(img, face180.layout.to_array(face180.values)[:, 45 * i : 45 * (i + 1)])
         assert t.region[1] == (-1.0, 1.0) and t.lattice is None
+        assert t.eval_layout.grid_shape == (180, 45)  # SSIM of a strip is that of the 180×45 image
+        assert t.metrics(t.values)["ssim"] == pytest.approx(1.0, abs=1e-4) and t.metrics(0.9 * t.values)["psnr"] == pytest.approx(-10 * math.log10((0.1 * t.values).square().mean().item()), abs=1e-3)
     assert ts[0].region[0][0] == -1 and ts[-1].region[0][1] == 1
     for a, b in zip(ts, ts[1:]):
         assert a.region[0][1] == b.region[0][0]  # shared border, no gap or overlap
@@ -141,8 +145,10 @@ def test_resolution_split_by_pixel_parity(n):
         assert sizes == [(n // 2) ** 2] * 4
     else:
         assert sizes == [12 * 12, 12 * 11, 11 * 12, 11 * 11]  # tasks differ by at most one row/column
-    with pytest.raises(MclnfError, match="resolution split.*cannot be routed"):
-        route(s.coords, ts)
+    for t in ts:  # routing by lattice: every sample to its own task, its sub-image a real image for SSIM
+        assert torch.equal(route(t.coords, ts), torch.full((len(t),), t.index))
+        assert t.eval_layout.grid_shape == full[t.lattice[0][0] :: 2, t.lattice[1][0] :: 2].shape[:2]
+        assert t.metrics(t.values)["psnr"] == float("inf") and t.metrics(t.values)["ssim"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_resolution_split_general_square(odd_image):
@@ -166,6 +172,7 @@ def test_video_time_chunks(video, tasks):
     for t, f in zip(ts, frames):
         assert torch.equal(t.coords[:, 2].unique(), t_axis[start : start + f])  # consecutive frames
         assert t.region[0] == (-1.0, 1.0) and t.region[1] == (-1.0, 1.0)
+        assert t.eval_layout.grid_shape == (f, video.layout.height, video.layout.width)
         start += f
 
 
@@ -177,6 +184,7 @@ def test_audio_time_segments(audio, tasks):
     assert torch.equal(torch.cat([t.sample_index for t in ts]), torch.arange(len(audio)))  # consecutive, in order
     sizes = [len(t) for t in ts]
     assert max(sizes) - min(sizes) <= 1
+    assert [t.eval_layout.num_samples for t in ts] == sizes and all(t.eval_layout.sample_rate == 16000 for t in ts)
 
 
 @pytest.mark.parametrize("tasks,grid", [(1, None), (4, None), (5, None), (10, None), (4, (2, 2, 1)), (8, (2, 2, 2)), (3, (1, 1, 3))])

@@ -30,3 +30,45 @@ def plot_curve(curve: list[dict], metric: str, path: Path, title: str = "") -> N
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def plot_matrix(R: list[list[float]], metric: str, path: Path, title: str = "") -> None:
+    """The continual matrix R[i][j] (quality on task j after learning task i) as an annotated heat map."""
+    T = len(R)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * T, 1.0 + 0.65 * T), constrained_layout=True)
+    im = ax.imshow(R, cmap="viridis")
+    for i in range(T):
+        for j in range(T):
+            ax.text(j, i, f"{R[i][j]:.3g}", ha="center", va="center", fontsize=8, color="w" if R[i][j] < (max(map(max, R)) + min(map(min, R))) / 2 else "k")
+    ax.set_xticks(range(T), [str(j + 1) for j in range(T)])
+    ax.set_yticks(range(T), [str(i + 1) for i in range(T)])
+    ax.set_xlabel("evaluated on task j")
+    ax.set_ylabel("after learning task i")
+    fig.colorbar(im, ax=ax, label=metric.upper() + (" (dB)" if metric == "psnr" else ""))
+    ax.set_title(title, fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def plot_comparison(records: list[dict], path: Path, title: str = "") -> None:
+    """Learners side by side: whole-signal quality after each task, and final quality per task."""
+    metric = records[0]["metric"]
+    label = metric.upper() + (" (dB)" if metric == "psnr" else "")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for r in records:
+        T = len(r["R"])
+        a.plot(range(1, T + 1), r["whole_after_task"], "o-", label=r["learner"])
+        b.plot(range(1, T + 1), r["R"][-1], "o-", label=r["learner"])
+    a.set_xlabel("after learning task")
+    a.set_ylabel(f"whole signal {label}")
+    b.set_xlabel("task")
+    b.set_ylabel(f"{label} after the last task")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    b.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

@@ -50,11 +50,8 @@ class AudioLayout(GridLayout):
     subtype: str = "FLOAT"
 
     kind = "audio"
+    grid_fields = ("num_samples",)
     suffix = ".wav"
-
-    @property
-    def grid_shape(self) -> tuple[int, ...]:
-        return (self.num_samples,)
 
     @property
     def duration(self) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -117,8 +117,18 @@ def grid_coords(*sizes: int) -> Tensor:
 class GridLayout(Layout):
     """A signal sampled on a regular grid (image, audio, video): every grid point is a sample.
 
-    Subclasses have a ``channels`` field and a ``grid_shape`` property.
+    Subclasses have a ``channels`` field and name the fields that hold the grid's shape in ``grid_fields``.
     """
+
+    grid_fields: ClassVar[tuple[str, ...]]
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(getattr(self, name) for name in self.grid_fields)
+
+    def with_grid_shape(self, shape: tuple[int, ...]) -> GridLayout:
+        """The same layout on a grid of another shape (e.g. a task's sub-grid, for its metrics)."""
+        return replace(self, **dict(zip(self.grid_fields, shape, strict=True)))
 
     @property
     def in_dim(self) -> int:

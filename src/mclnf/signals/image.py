@@ -36,11 +36,8 @@ class ImageLayout(GridLayout):
     bit_depth: int = 8
 
     kind = "image"
+    grid_fields = ("height", "width")
     suffix = ".png"
-
-    @property
-    def grid_shape(self) -> tuple[int, ...]:
-        return (self.height, self.width)
 
     def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float]:
         as_image = lambda v: self.to_array(v).permute(2, 0, 1)[None]  # noqa: E731
@@ -93,11 +90,12 @@ def read_image(source: str | Path) -> np.ndarray:
     return pixels
 
 
-def load_image(source: str | Path, resize: int | None = None, crop: tuple[int, int] | None = None, gray: bool = False) -> Signal:
+def load_image(source: str | Path, resize: int | None = None, crop: tuple[int, int] | None = None, gray: bool = False, pad: int = 0) -> Signal:
     """Load an image as a :class:`Signal` with values in [0, 1].
 
     ``crop`` (h, w) takes a centred crop first; ``resize`` then scales the image so that its longer
-    side is ``resize`` pixels (bilinear, no antialiasing, as the preconditioner paper's data code).
+    side is ``resize`` pixels (bilinear, no antialiasing, as the preconditioner paper's data code);
+    ``pad`` last adds that many rows/columns of zeros on every side (MCL-NF's CelebA: 178×178 + 1 = 180×180).
     An alpha channel is composited onto white; ``gray`` converts RGB to luminance (ITU-R 601).
     """
     pixels = read_image(source)
@@ -124,5 +122,9 @@ def load_image(source: str | Path, resize: int | None = None, crop: tuple[int, i
         x = x[top : top + h, left : left + w]
     if resize:
         x = resize_longer_side(x[None], resize)[0]
+    if pad < 0:
+        raise MclnfError(f"--pad {pad}: must not be negative")
+    if pad:
+        x = torch.nn.functional.pad(x.permute(2, 0, 1), (pad, pad, pad, pad)).permute(1, 2, 0)
     layout = ImageLayout(height=x.shape[0], width=x.shape[1], channels=x.shape[2], bit_depth=bit_depth)
     return Signal(name=str(source), layout=layout, coords=layout.coords(), values=x.reshape(-1, x.shape[2]).contiguous())

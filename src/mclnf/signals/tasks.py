@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from mclnf.errors import MclnfError
-from mclnf.signals.base import GridLayout, Signal
+from mclnf.signals.base import GridLayout, Layout, Signal
 
 SPLITS = {"image": ("patches", "resolution"), "video": ("time",), "audio": ("time",), "occupancy": ("space",)}
 ALL_SPLITS = ("patches", "resolution", "time", "space")
@@ -55,7 +55,8 @@ class Task(Signal):
     ``index`` is the task's position in the stream; ``sample_index``/``eval_sample_index``
     (LongTensor) its samples in the parent; ``region`` its box in coordinate space (one (lo, hi)
     per coordinate column, upper side closed); ``lattice`` (``resolution`` split only) per grid
-    axis the (offset, stride) of its samples.
+    axis the (offset, stride) of its samples; ``eval_layout`` the layout its evaluation samples
+    form on their own (grid splits: the sub-grid, so SSIM and PESQ see a real image/clip; else the parent's).
     """
 
     index: int
@@ -63,6 +64,11 @@ class Task(Signal):
     eval_sample_index: Tensor
     region: Region
     lattice: tuple[tuple[int, int], ...] | None = None
+    eval_layout: Layout | None = None
+
+    def metrics(self, pred: Tensor) -> dict[str, float]:
+        """Quality of ``pred`` on the task's evaluation samples (e.g. PSNR, SSIM of the strip)."""
+        return (self.eval_layout or self.layout).metrics(pred, self.eval_values)
 
     @property
     def signal(self) -> Signal:
@@ -136,7 +142,7 @@ def _range_bounds(n: int, start: int, end: int) -> tuple[float, float]:
     return lo, hi
 
 
-def _task(signal: Signal, index: int, idx: Tensor, region: Region, lattice=None, eval_idx: Tensor | None = None) -> Task:
+def _task(signal: Signal, index: int, idx: Tensor, region: Region, lattice=None, eval_idx: Tensor | None = None, shape=None) -> Task:
     eval_idx = idx if eval_idx is None else eval_idx
     same = eval_idx is idx and signal.eval_coords is signal.coords
     return Task(
@@ -151,6 +157,7 @@ def _task(signal: Signal, index: int, idx: Tensor, region: Region, lattice=None,
         eval_sample_index=eval_idx,
         region=region,
         lattice=lattice,
+        eval_layout=None if shape is None else signal.layout.with_grid_shape(shape),
     )
 
 
@@ -168,7 +175,7 @@ def _split_grid(signal: Signal, pieces: tuple[int, ...], names: tuple[str, ...])
         spans = [ranges[a][k] for a, k in enumerate(combo)]
         idx = order[tuple(slice(s, e) for s, e in spans)].reshape(-1)
         region = tuple(_range_bounds(n, s, e) for n, (s, e) in zip(shape, spans))[::-1]  # coordinate columns
-        out.append(_task(signal, index, idx, region))
+        out.append(_task(signal, index, idx, region, shape=tuple(e - s for s, e in spans)))
     return out
 
 
@@ -185,8 +192,8 @@ def _split_resolution(signal: Signal, tasks: int) -> list[Task]:
     out = []
     for index in range(tasks):
         a, b = divmod(index, s)
-        idx = order[a::s, b::s].reshape(-1)
-        out.append(_task(signal, index, idx, whole, lattice=((a, s), (b, s))))
+        sub = order[a::s, b::s]
+        out.append(_task(signal, index, sub.reshape(-1), whole, lattice=((a, s), (b, s)), shape=tuple(sub.shape)))
     return out
 
 
@@ -217,21 +224,25 @@ class _Box:
 
 
 def route(coords: Tensor, tasks: list, chunk: int = 65536) -> Tensor:
-    """For each coordinate (N, d), the index (into ``tasks``) of the task whose region contains it.
+    """For each coordinate (N, d), the index (into ``tasks``) of the task that holds it.
 
-    Regions are closed on their upper side (module docstring): a point on a shared border goes to
-    the lower index. Coordinates outside every region (outside [-1, 1]^d, or in a part of the
-    domain no given task covers) go to the nearest region (Euclidean distance to the box), ties
-    again to the lower index. The ``resolution`` split's tasks all cover the whole domain, so
-    routing by region is meaningless for them and raises :class:`MclnfError`.
+    Region tasks: the task whose region contains the coordinate. Regions are closed on their upper
+    side (module docstring): a point on a shared border goes to the lower index. Coordinates
+    outside every region (outside [-1, 1]^d, or in a part of the domain no given task covers) go
+    to the nearest region (Euclidean distance to the box), ties again to the lower index.
+    Lattice tasks (``resolution`` split, every region the whole domain): the coordinate is snapped
+    to the nearest sample of the parent's grid and goes to the task whose lattice holds that sample.
     """
     if len(tasks) == 0:
         raise MclnfError("route: no tasks to route to")
-    if any(getattr(t, "lattice", None) is not None for t in tasks):
-        raise MclnfError("route: tasks of the resolution split all cover the whole domain (they differ by pixel lattice, not region); they cannot be routed by coordinates")
     d = len(tasks[0].region)
     if coords.ndim != 2 or coords.shape[1] != d or any(len(t.region) != d for t in tasks):
         raise MclnfError(f"route: coordinates of shape {tuple(coords.shape)} do not match regions of dimension {d}")
+    lattices = [getattr(t, "lattice", None) for t in tasks]
+    if any(lat is not None for lat in lattices):
+        if any(lat is None for lat in lattices):
+            raise MclnfError("route: tasks mix lattices (resolution split) and regions")
+        return _route_lattice(coords, tasks)
     bounds = torch.tensor([t.region for t in tasks], dtype=torch.float64, device=coords.device)  # (T, d, 2)
     lo, hi = bounds[..., 0], bounds[..., 1]
     out = []
@@ -240,3 +251,19 @@ def route(coords: Tensor, tasks: list, chunk: int = 65536) -> Tensor:
         dist = (c.clamp(lo, hi) - c).square().sum(-1)  # (n, T); 0 inside (closed boxes)
         out.append(dist.argmin(1))  # first minimum: the lowest index on shared borders
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=coords.device)
+
+
+def _route_lattice(coords: Tensor, tasks: list) -> Tensor:
+    shape = tasks[0].layout.grid_shape
+    d = coords.shape[1]
+    c = coords.detach().double()
+    grid = [((c[:, d - 1 - a] + 1) / 2 * (n - 1)).round().clamp(0, n - 1).long() for a, n in enumerate(shape)]  # grid axis a is column d-1-a
+    out = torch.full((len(coords),), -1, dtype=torch.long, device=coords.device)
+    for index, task in reversed(list(enumerate(tasks))):  # lowest index wins, should lattices overlap
+        hit = torch.ones(len(coords), dtype=torch.bool, device=coords.device)
+        for g, (offset, stride) in zip(grid, task.lattice):
+            hit &= g % stride == offset
+        out[hit] = index
+    if bool((out < 0).any()):
+        raise MclnfError("route: some grid samples belong to none of the given lattice tasks")
+    return out

@@ -28,11 +28,8 @@ class VideoLayout(GridLayout):
     fps: float = DEFAULT_FPS
 
     kind = "video"
+    grid_fields = ("frames", "height", "width")
     suffix = ".mp4"
-
-    @property
-    def grid_shape(self) -> tuple[int, ...]:
-        return (self.frames, self.height, self.width)
 
     def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float]:
         """PSNR and SSIM (data range 1) over all frames, each frame an image; predictions clipped to [0, 1]."""
