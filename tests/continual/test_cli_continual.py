@@ -63,6 +63,8 @@ def test_resume_a_finished_all_run_reuses_it_and_a_changed_option_is_refused(tmp
     capsys.readouterr()
     assert cli("continual", FACE, *SMALL, "--steps", 3, "--learner", "er", "--buffer-size", 7, "--out", out, "--resume") == 2
     assert "--buffer-size 4096, not 7" in one_line(capsys.readouterr().err)
+    assert cli("continual", FACE, *SMALL, "--steps", 3, "--learner", "er", "--lr", 0.5, "--out", out, "--resume") == 2
+    assert "--lr 0.0001, not 0.5" in one_line(capsys.readouterr().err)
     assert cli("continual", FACE, *SMALL, "--steps", 3, "--learner", "er", "--out", out) == 2  # not empty, no --resume
     assert "--overwrite" in one_line(capsys.readouterr().err)
 

@@ -45,8 +45,9 @@ class ContinualConfig(FitConfig):
 
 
 def flat(config: dict) -> dict:
-    """A config dict with its learner options at the top level (as the CLI names them)."""
-    return {**{k: v for k, v in config.items() if k != "options"}, **config.get("options", {})}
+    """A config dict with its learner options at the top level (as the CLI names them); the run's
+    optimizer, lr, batch size and seed are the top level's (the options' copies are not used)."""
+    return {**config.get("options", {}), **{k: v for k, v in config.items() if k != "options"}}
 
 
 def backward_transfer(R: list[list[float]]) -> float | None:
