@@ -19,6 +19,7 @@ from mclnf.losses import LOSSES
 from mclnf.optim import build_optimizer, default_lr
 from mclnf.optim.auto import choose_optimizer
 from mclnf.signals import Layout, Signal, load_signal, predict_in_chunks, signal_kind
+from mclnf.signals.base import Predict
 from mclnf.train import EpochSampler, log_spaced_steps, train
 
 SIGNAL_OPTIONS = {  # the loader options that apply to each kind
@@ -132,8 +133,9 @@ def evaluate(field: Field, signal: Signal) -> dict[str, float]:
     return signal.layout.metrics(pred, signal.eval_values)
 
 
-def write_reconstruction(field: Field, layout: Layout, path: Path) -> Path:
-    native = layout.reconstruct(lambda x: field(x))
+def write_reconstruction(predict: Predict, layout: Layout, path: Path) -> Path:
+    """The signal as ``predict`` (a field, or any coordinates → values) reconstructs it, written atomically to ``path``."""
+    native = layout.reconstruct(predict)
     with atomic_path(path) as tmp:
         layout.save(native, tmp)
     return path

@@ -42,7 +42,7 @@ from mclnf.losses import LOSSES
 from mclnf.optim import build_optimizer
 from mclnf.optim.reptile import Reptile
 from mclnf.signals import Signal, predict_in_chunks
-from mclnf.signals.tasks import Task, route, split_signal
+from mclnf.signals.tasks import Task, default_split, route, split_signal
 from mclnf.train import Batch, EpochSampler, train
 
 
@@ -132,14 +132,21 @@ class Learner:
     def predict(self, coords: Tensor) -> Tensor:
         return predict_in_chunks(self.forward, coords)
 
+    def extra_state(self) -> dict:
+        """The learner's own stateful parts (``name → object with state_dict/load_state_dict``)."""
+        return {}
+
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+                **{k: v.state_dict() for k, v in self.extra_state().items()}}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         if state["optimizer"] is not None:
             self.optimizer = self.new_optimizer()
             self.optimizer.load_state_dict(state["optimizer"])
+        for k, v in self.extra_state().items():
+            v.load_state_dict(state[k])
 
 
 class Offline(Learner):
@@ -186,12 +193,8 @@ class Replay(Learner):
         order = torch.randperm(len(task), generator=torch.Generator().manual_seed(task_seed(self.opts.seed, task.index, 1)))
         self.buffer.add(task.coords[order], task.values[order])
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.buffer.load_state_dict(state["buffer"])
+    def extra_state(self) -> dict:
+        return {"buffer": self.buffer}
 
 
 class EWC(Learner):
@@ -216,12 +219,8 @@ class EWC(Learner):
         fisher = diagonal_fisher(self.model, task.coords[pick], self.signal.layout.loss)
         self.penalty.consolidate(fisher, self.params)
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "ewc": self.penalty.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.penalty.load_state_dict(state["ewc"])
+    def extra_state(self) -> dict:
+        return {"ewc": self.penalty}
 
 
 class MER(Replay):
@@ -292,10 +291,7 @@ class Modular(Learner):
 
 def split_of(tasks: list[Task]) -> str:
     """The split that made ``tasks`` (for cutting the same domain into K module regions)."""
-    kind = tasks[0].kind
-    if tasks[0].lattice is not None:
-        return "resolution"
-    return {"image": "patches", "video": "time", "audio": "time", "occupancy": "space"}[kind]
+    return "resolution" if tasks[0].lattice is not None else default_split(tasks[0].kind)
 
 
 LEARNERS: dict[str, type[Learner]] = {c.name: c for c in (Offline, FineTune, Replay, EWC, MER, Modular)}

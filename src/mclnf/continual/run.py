@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from mclnf.checkpoint import atomic_path, load_checkpoint, save_checkpoint, write_text
+from mclnf.checkpoint import load_checkpoint, save_checkpoint, write_text
 from mclnf.continual.learners import LEARNERS, Learner, LearnerOptions, build_learner
 from mclnf.errors import DivergedError, MclnfError
 from mclnf.eval.plots import plot_comparison, plot_matrix
-from mclnf.fit import FitConfig, load_fit_signal, make_dir, prepare_out
+from mclnf.fit import FitConfig, load_fit_signal, make_dir, prepare_out, write_reconstruction
 from mclnf.signals import Signal
 from mclnf.signals.tasks import Task, split_signal
 
@@ -62,15 +62,12 @@ def evaluate_stream(learner: Learner, signal: Signal, tasks: list[Task]) -> tupl
     return [t.metrics(pred[t.eval_sample_index]) for t in tasks], signal.layout.metrics(pred, signal.eval_values)
 
 
-def write_reconstruction(learner: Learner, signal: Signal, path: Path) -> str | None:
+def reconstruction_after_task(learner: Learner, signal: Signal, path: Path) -> str | None:
     try:
-        native = signal.layout.reconstruct(learner.predict)
+        return write_reconstruction(learner.predict, signal.layout, path).name
     except MclnfError as e:  # e.g. an occupancy field with no surface yet
         print(f"warning: no reconstruction written to {path}: {e}", file=sys.stderr)
         return None
-    with atomic_path(path) as tmp:
-        signal.layout.save(native, tmp)
-    return path.name
 
 
 def run_learner(cfg: ContinualConfig, signal: Signal, tasks: list[Task], out: Path) -> dict:
@@ -96,7 +93,7 @@ def run_learner(cfg: ContinualConfig, signal: Signal, tasks: list[Task], out: Pa
             raise DivergedError(e.step, e.loss, None, e.what, where=f" ({cfg.learner}, task {task.index + 1} of {len(tasks)})", kept=kept) from None
         per_task, whole = evaluate_stream(learner, signal, tasks)
         rows.append({"task": task.index, "tasks": per_task, "whole": whole, **seconds,
-                     "reconstruction": write_reconstruction(learner, signal, out / f"after_task{task.index + 1}{signal.layout.suffix}")})  # fmt: skip
+                     "reconstruction": reconstruction_after_task(learner, signal, out / f"after_task{task.index + 1}{signal.layout.suffix}")})  # fmt: skip
         save_checkpoint(out / "checkpoint.pt", {"config": cfg.to_dict(), "rows": rows, "learner": learner.state_dict()})
         if cfg.progress:
             seen = "  ".join(f"{m[metric]:.4g}" for m in per_task[: task.index + 1])
