@@ -81,6 +81,11 @@ def task_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
+def permutation(n: int, seed: int, *keys: int) -> Tensor:
+    """A random order of ``n`` items fixed by ``(seed, *keys)``."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(task_seed(seed, *keys)))
+
+
 class Learner:
     """Learns tasks one after another (module docstring). Subclasses override the hooks."""
 
@@ -190,7 +195,7 @@ class Replay(Learner):
         return mixed
 
     def after_task(self, task: Task) -> None:
-        order = torch.randperm(len(task), generator=torch.Generator().manual_seed(task_seed(self.opts.seed, task.index, 1)))
+        order = permutation(len(task), self.opts.seed, task.index, 1)
         self.buffer.add(task.coords[order], task.values[order])
 
     def extra_state(self) -> dict:
@@ -215,7 +220,7 @@ class EWC(Learner):
         if task.index == len(self.tasks) - 1:
             return  # no task comes after the last one to protect it from
         n = min(self.opts.fisher_samples, len(task))
-        pick = torch.randperm(len(task), generator=torch.Generator().manual_seed(task_seed(self.opts.seed, task.index, 2)))[:n]
+        pick = permutation(len(task), self.opts.seed, task.index, 2)[:n]
         fisher = diagonal_fisher(self.model, task.coords[pick], self.signal.layout.loss)
         self.penalty.consolidate(fisher, self.params)
 
@@ -244,7 +249,7 @@ class MER(Replay):
             if step not in cache:  # the batch of training step `step + 1`, shuffled, in k pieces
                 cache.clear()
                 x, y = whole(step + 1)
-                order = torch.randperm(len(x), generator=torch.Generator().manual_seed(task_seed(self.opts.seed, task.index, step, 3)))
+                order = permutation(len(x), self.opts.seed, task.index, step, 3)
                 cache[step] = (x[order].tensor_split(k), y[order].tensor_split(k))
             xs, ys = cache[step]
             return xs[i], ys[i]
