@@ -77,6 +77,138 @@ def add_continual(sub) -> None:
     p.set_defaults(steps=500)
 
 
+def add_meta_train(sub) -> None:
+    from mclnf.meta.methods import META_GRADS, METHODS, MetaOptions
+    from mclnf.meta.train import MetaTrainConfig
+
+    d, o = MetaTrainConfig(), MetaOptions()
+    p = sub.add_parser(
+        "meta-train", formatter_class=Help, help="meta-learn a field initialization on a dataset of signals",
+        description="Meta-learn the initialization θ₀ of a field on the meta-train part of DATASET (a folder, a glob pattern, "
+        "or lfw_subset: scikit-image's 200 faces) with --method, and write init.safetensors, checkpoint.pt (every "
+        "--checkpoint-every outer steps; --resume continues exactly), meta_train.json and meta_train.png to --out. "
+        "Under torchrun --nproc_per_node=N the meta-batch is split across the processes.",
+        epilog="examples:\n  mclnf meta-train lfw_subset --method mcl-nf --out runs/lfw-mcl-nf\n"
+        "  mclnf meta-train '../shared/data/celeba_align/*.jpg' --crop 178 178 --resize 64 --method mcl-nf-fim --meta-grad emcl\n"
+        "  mclnf meta-train ../shared/data/librispeech --clip 0.5 --method mol\n"
+        "  torchrun --nproc_per_node=2 -m mclnf meta-train lfw_subset --meta-batch 8",
+    )  # fmt: skip
+    p.add_argument("dataset", nargs="?", default=d.dataset, help="a folder or glob pattern of images, audio clips or videos, or lfw_subset")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/meta-<dataset>-<method>)")
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=METHODS, default=o.method, help="mol (MAML on whole signals), maml-cl, oml, mcl-nf (modules from one meta-learned init), mcl-nf-fim (with the FIM loss)")
+    g.add_argument("--meta-grad", choices=META_GRADS, default=o.meta_grad, help="second-order (MAML), first-order (FOMAML) or emcl (closed form λH²(θ₀ − θ_k), no second-order graph)")
+    g.add_argument("--tasks", type=positive_int, default=o.tasks, help="tasks T each signal is split into (image: T strips; audio/video: T segments)")
+    g.add_argument("--split", choices=("patches", "resolution", "time"), help="the task split (default: the kind's)")
+    g.add_argument("--inner-steps", type=positive_int, default=o.inner_steps, help="inner SGD steps k per task")
+    g.add_argument("--inner-lr", type=float, default=o.inner_lr, help="inner SGD learning rate α")
+    g.add_argument("--fim-lambda", type=float, default=o.fim_lambda, help="mcl-nf-fim: λ in w = 1 + λ gᵀF⁻¹g / P (mean weight 1 + λ)")
+    g.add_argument("--fisher", choices=("kfac-diag", "diagonal"), default=o.fisher, help="mcl-nf-fim: F per layer, diag(E[δ²]) ⊗ diag(E[a²]) or the exact diagonal")
+    g.add_argument("--emcl-lambda", type=float, default=o.emcl_lambda, help="emcl: strength λ of the proximal pull towards θ₀")
+    g.add_argument("--emcl-beta", type=float, default=o.emcl_beta, help="emcl: moving-average rate of the importance h")
+    g.add_argument("--oml-fast-layers", type=positive_int, default=o.oml_fast_layers, help="oml: top layers adapted in the inner loop")
+    g = p.add_argument_group("outer loop")
+    g.add_argument("--outer-steps", type=positive_int, default=d.outer_steps, help="outer (meta) steps")
+    g.add_argument("--meta-batch", type=positive_int, default=d.meta_batch, help="signals per outer step (all processes together)")
+    g.add_argument("--outer-lr", type=float, default=d.outer_lr, help="Adam learning rate of θ₀")
+    g.add_argument("--clip-grad", type=float, default=d.clip_grad, help="meta-gradient norm clipping")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of θ₀ and of the meta-batches")
+    g.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, help="outer steps between checkpoints")
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    add_dataset_options(p)
+    add_field_options(p)
+    g = p.add_argument_group("run")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (--outer-steps may grow)")
+    g.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_dataset_options(p) -> None:
+    g = p.add_argument_group("dataset")
+    g.add_argument("--test-fraction", type=float, default=0.3, help="share of the files kept for meta-test (seeded by --split-seed)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the meta-train/meta-test split")
+    g.add_argument("--train-list", help="a text file naming the meta-train files, one per line (with --test-list)")
+    g.add_argument("--test-list", help="a text file naming the meta-test files, one per line")
+    g.add_argument("--clip", type=float, help="audio: seconds, video: frames per clip; files are cut into consecutive clips")
+    g.add_argument("--resize", type=int, help="image/video: scale so the longer side has this many pixels (bilinear)")
+    g.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="image: centred crop before resizing")
+    g.add_argument("--gray", action="store_true", default=None, help="image: convert to luminance")
+    g.add_argument("--pad", type=int, help="image: zero rows/columns added on every side, last")
+    g.add_argument("--start", type=float, help="audio: start time in seconds")
+    g.add_argument("--duration", type=float, help="audio: length in seconds")
+    g.add_argument("--frames", type=int, help="video: number of frames")
+    g.add_argument("--start-frame", type=int, help="video: first frame")
+
+
+def add_field_options(p) -> None:
+    g = p.add_argument_group("field")
+    g.add_argument("--activation", choices=ACTIVATIONS, default="sine", help="sine (SIREN), gaussian, wavelet, relu, relu-pe")
+    g.add_argument("--width", type=positive_int, default=256, help="hidden units per layer (mcl-nf modules: width / √T)")
+    g.add_argument("--depth", type=positive_int, default=5, help="number of linear layers")
+    g.add_argument("--omega0", type=float, help="sine/wavelet frequency ω₀ (default: sine 30, wavelet 10)")
+    g.add_argument("--first-omega0", type=float, help="sine: ω₀ of the first layer (default: ω₀; audio 3000)")
+    g.add_argument("--sigma", type=float, help="gaussian: width σ (default 0.05)")
+    g.add_argument("--s0", type=float, help="wavelet: window scale s₀ (default 10)")
+    g.add_argument("--pe-frequencies", type=positive_int, help="relu-pe: number of frequencies L (default 8)")
+
+
+def add_meta_test(sub) -> None:
+    from mclnf.meta.test import BASELINES
+
+    p = sub.add_parser(
+        "meta-test", formatter_class=Help, help="test-time optimization from meta-learned initializations, against baselines",
+        description="Adapt every meta-test signal of DATASET (the split each RUN was meta-trained beside) as a task stream, "
+        "from each RUN's initialization and with the baselines from random ones, for every step count of --steps; write "
+        "table.md (Step 1 / Best / Final), compute.md (parameters, peak memory, episodes/s), psnr_vs_step.png, "
+        "reconstruction grids and metrics.json.",
+        epilog="examples:\n  mclnf meta-test runs/lfw-mcl-nf lfw_subset\n"
+        "  mclnf meta-test runs/mcl-nf runs/mol runs/oml lfw_subset --steps 1 2 4 8 16 --out runs/table1",
+    )  # fmt: skip
+    p.add_argument("paths", nargs="+", metavar="RUN [RUN ...] DATASET", help="meta-train run folders, then the dataset they were meta-trained on")
+    p.add_argument("--out", type=Path, help="output folder (default: the first RUN/meta-test)")
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[2**k for k in range(13)], help="test-time steps per task at which every method is scored")
+    p.add_argument("--signals", type=positive_int, help="meta-test only the first N signals (default: all)")
+    p.add_argument("--test-optimizer", choices=list(OPTIMIZERS), help="meta methods' test-time optimizer (default: the inner loop's SGD)")
+    p.add_argument("--test-lr", type=float, help="its learning rate (default: the inner learning rate for sgd, else the optimizer's)")
+    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES), help="non-meta baselines from random initializations")
+    p.add_argument("--baseline-optimizer", choices=list(OPTIMIZERS), default="adam", help="the baselines' optimizer")
+    p.add_argument("--baseline-lr", type=float, default=1e-4, help="the baselines' learning rate")
+    p.add_argument("--batch-size", type=positive_int, help="samples per test-time step (default: the whole task)")
+    p.add_argument("--grid-steps", type=positive_int, nargs="+", help="steps whose reconstructions are drawn (default: the first and last)")
+    p.add_argument("--grid-signals", type=positive_int, default=4, help="signals in each reconstruction grid")
+    p.add_argument("--seed", type=int, default=0, help="seed of the baselines' initializations and batch orders")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous meta-test in --out")
+    p.add_argument("--quiet", action="store_true", help="no per-signal progress")
+
+
+def run_meta_train(a: argparse.Namespace) -> None:
+    from mclnf.meta.methods import MetaOptions
+    from mclnf.meta.train import MetaTrainConfig, meta_train
+
+    own = {f.name for f in dataclasses.fields(MetaOptions)} - {"vmap"}
+    opts = MetaOptions(**{k: v for k, v in vars(a).items() if k in own})
+    rest = {k: v for k, v in vars(a).items() if k not in ("command", "quiet", *own)}
+    rest["crop"] = None if rest["crop"] is None else tuple(rest["crop"])
+    r = meta_train(MetaTrainConfig(**rest, options=opts, progress=not a.quiet))
+    if r is not None:
+        print(f"{r['method']} ({r['meta_grad']}): {r['params']:,} parameters, {r['outer_steps']} outer steps on {r['signals']['train']} signals "
+              f"in {r['train_s']:.1f} s, loss after adaptation {r['final_loss']:.4g}")  # fmt: skip
+        print(f"outputs in {r['config']['out']}")
+
+
+def run_meta_test(a: argparse.Namespace) -> None:
+    from mclnf.meta.test import MetaTestConfig, compute_table, meta_test, table1
+
+    if len(a.paths) < 2:
+        raise MclnfError("meta-test: give one or more RUN folders and then the DATASET")
+    opts = {k: v for k, v in vars(a).items() if k not in ("command", "quiet", "paths")}
+    records = meta_test(MetaTestConfig(runs=[Path(p) for p in a.paths[:-1]], dataset=a.paths[-1], **opts, progress=not a.quiet))
+    metrics = list(records[0]["summary"])
+    print(table1(records, metrics[:1]), end="")
+    print(compute_table(records, metrics[0]), end="")
+    print(f"outputs in {a.out or Path(a.paths[0]) / 'meta-test'}")
+
+
 def add_signal_field_options(p, command: str, auto: bool) -> None:
     """The options ``fit`` and ``continual`` share: the signal, the field, the optimizer, the run."""
     p.add_argument("signal", help="a PNG/JPEG/TIFF image, a scikit-image image name (camera, astronaut, ...), a WAV/FLAC/OGG clip, an MP4/GIF video or an OBJ/PLY/STL/OFF mesh (occupancy)")
@@ -182,10 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     add_fit(sub)
     add_continual(sub)
     add_render(sub)
+    add_meta_train(sub)
+    add_meta_test(sub)
     a = parser.parse_args(argv)
     keep_freed_memory()
     try:
-        {"fit": run_fit, "continual": run_continual, "render": run_render}[a.command](a)
+        {"fit": run_fit, "continual": run_continual, "render": run_render, "meta-train": run_meta_train, "meta-test": run_meta_test}[a.command](a)
     except MclnfError as e:
         print(f"mclnf {a.command}: error: {e}", file=sys.stderr)
         return 2

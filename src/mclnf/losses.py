@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mclnf.errors import MclnfError
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -22,3 +25,74 @@ def bce_logits(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 LOSSES: dict[str, Loss] = {"mse": mse, "bce": bce_logits}
+
+
+PER_SAMPLE: dict[str, Callable[[Tensor, Tensor], Tensor]] = {  # (N, C), (N, C) → (N,): the losses above, before the mean over samples
+    "mse": lambda pred, target: (pred - target).square().mean(1),
+    "bce": lambda logits, labels: F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1),
+}
+FISHERS = ("kfac-diag", "diagonal")
+
+
+def fim_weights(inputs: list[Tensor], deltas: list[Tensor], lam: float, fisher: str = "kfac-diag", damping: float = 1e-3, mask: Tensor | None = None) -> Tensor:
+    """Per-sample weights w_n = 1 + λ g_nᵀ F⁻¹ g_n / P of the Fisher-information-maximization loss (MCL-NF).
+
+    g_n is sample n's gradient of its negative log-likelihood; for a linear layer l it is the outer
+    product δ_{l,n} ⊗ [a_{l-1,n}, 1] of the back-propagated error ``deltas[l]`` (N, out) and the
+    layer's input ``inputs[l]`` (N, in), so gᵀF⁻¹g is summed layer by layer without ever forming the
+    N × P per-sample gradients. F is the empirical Fisher E_n[g gᵀ] of the batch, block-diagonal over
+    layers, and within a layer
+
+    * ``kfac-diag`` (default): F ≈ diag(E[δ²]) ⊗ diag(E[a²]) — the diagonals of K-FAC's two factors,
+      so gᵀF⁻¹g = (Σ_i δ_i²/E[δ_i²]) (Σ_j a_j²/E[a_j²]): O(N·(in + out)) per layer, free next to the step;
+    * ``diagonal``: F = diag E[g²], exactly: two (N × out)·(out × in) products per layer.
+
+    Dividing by P (the number of parameters) is a fixed rescaling of λ that makes it unit-free: for
+    the undamped diagonal Fisher the batch mean of gᵀF⁻¹g is exactly P, so mean w = 1 + λ.
+    ``damping`` adds that fraction of each factor's mean (zero-error samples give g = 0, w = 1).
+    ``mask`` (N,) marks real samples (padding: 0). The weights carry no gradient.
+    """
+    if fisher not in FISHERS:
+        raise MclnfError(f"--fisher {fisher}: unknown; choose one of {', '.join(FISHERS)}")
+    m = torch.ones(len(inputs[0]), dtype=inputs[0].dtype, device=inputs[0].device) if mask is None else mask.to(inputs[0].dtype)
+    n = m.sum().clamp_min(1)
+    q, P = 0.0, 0
+    for a, d in zip(inputs, deltas):
+        a2 = torch.cat([a.detach().square(), torch.ones_like(a[:, :1])], 1)  # the bias's input is 1
+        d2 = d.detach().square()
+        P += a2.shape[1] * d2.shape[1]
+        tiny = torch.finfo(a2.dtype).tiny
+        if fisher == "diagonal":
+            f = (d2 * m[:, None]).T @ a2 / n  # (out, in + 1)
+            f = f + damping * f.mean() + tiny
+            q = q + ((d2 @ f.reciprocal()) * a2).sum(1)
+        else:
+            g, s = (d2 * m[:, None]).sum(0) / n, (a2 * m[:, None]).sum(0) / n
+            g, s = g + damping * g.mean() + tiny, s + damping * s.mean() + tiny
+            q = q + (d2 / g).sum(1) * (a2 / s).sum(1)
+    return 1 + lam * q / P
+
+
+def fim_loss(forward: Callable[[Tensor, list[Tensor]], tuple[Tensor, list[Tensor]]], out_dims: list[int], x: Tensor, target: Tensor, lam: float,
+             loss: str = "mse", fisher: str = "kfac-diag", mask: Tensor | None = None) -> Tensor:  # fmt: skip
+    """The FIM loss Σ_n w_n ℓ_n / Σ_n w_n (weights from :func:`fim_weights`, without gradient).
+
+    ``forward(x, taps)`` is a field's forward with taps (``Field.forward``, or ``functional_call`` of
+    it: this works inside ``torch.func`` transforms). One forward pass serves both the errors δ
+    (a ``torch.func.vjp`` with respect to the taps: input gradients only) and the weighted loss, so a
+    step costs one extra backward through the layers' inputs, not a second forward.
+    """
+    per_sample = PER_SAMPLE[loss]
+    taps = [x.new_zeros(x.shape[0], d) for d in out_dims]
+
+    def losses(taps):
+        pred, inputs = forward(x, taps)
+        ell = per_sample(pred, target)
+        return ell, (ell, inputs)
+
+    _, backprop, (ell, inputs) = torch.func.vjp(losses, taps, has_aux=True)
+    deltas = backprop(torch.ones_like(ell))[0]
+    w = fim_weights(inputs, deltas, lam, fisher, mask=mask)
+    if mask is not None:
+        w = w * mask.to(w.dtype)
+    return (w * ell).sum() / w.sum()

@@ -72,3 +72,59 @@ def plot_comparison(records: list[dict], path: Path, title: str = "") -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def plot_meta_curve(curve: list[dict], path: Path, title: str = "") -> None:
+    """Meta-training: the loss after adaptation and the meta-gradient norm against outer steps."""
+    steps = [c["step"] for c in curve]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    a.plot(steps, [c["loss"] for c in curve])
+    a.set_yscale("log")
+    a.set_ylabel("loss after the inner loop")
+    b.plot(steps, [c["grad_norm"] for c in curve])
+    b.set_yscale("log")
+    b.set_ylabel("meta-gradient norm (before clipping)")
+    for ax in (a, b):
+        ax.set_xlabel("outer step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def plot_meta_test(records: list[dict], metric: str, path: Path, title: str = "") -> None:
+    """Meta-test: ``metric`` (mean over signals) against test-time steps per task, one line per method."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    for r in records:
+        steps = sorted(r["curve"])
+        ax.plot(steps, [r["curve"][s][metric] for s in steps], "o-" if r["kind"] == "meta" else "s--", ms=3, label=r["name"])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("test-time optimization steps per task")
+    ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def plot_reconstruction_grid(records: list[dict], signals: list, layout, step: int, path: Path) -> None:
+    """Images: the ground truth and every method's reconstruction after ``step`` steps per task (rows), per signal (columns)."""
+    rows, cols = len(records) + 1, len(signals)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols + 1.2, 1.4 * rows), squeeze=False, constrained_layout=True)
+    gray = layout.channels == 1
+    for j, s in enumerate(signals):
+        images = [layout.to_array(s.values)] + [r["recon"][(step, j)] for r in records]
+        for i, (img, label) in enumerate(zip(images, ["ground truth"] + [r["name"] for r in records])):
+            ax = axes[i][j]
+            ax.imshow(img.clamp(0, 1).squeeze(-1).numpy() if gray else img.clamp(0, 1).numpy(), cmap="gray" if gray else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle(f"after {step} step{'s' if step > 1 else ''} per task", fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

@@ -82,19 +82,37 @@ class Field(nn.Module):
             self.activation = {"gaussian": lambda: Gaussian(c.sigma), "wavelet": lambda: RealGabor(c.omega0, c.s0)}.get(c.activation, nn.ReLU)()
             self.first_activation = self.activation
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, taps: list[Tensor] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Equal to ``last(σ(… σ(layer(γ(x)))))`` up to float rounding: activations with an
         ``of_linear`` fold their constants (ω₀, σ) into the weights, which are small, instead of
         scaling every pre-activation (see ``benchmarks/fit_throughput.py``) — except on a layer with
-        module hooks (K-FAC records inputs and output gradients that way), which is called as a module."""
+        module hooks (K-FAC records inputs and output gradients that way), which is called as a module.
+
+        ``taps`` (one tensor per linear layer, shaped like its output; zeros in practice) are added to
+        the linear outputs z_l, and the inputs a_{l-1} of every linear layer are returned as well:
+        ``(y, inputs)``. The gradient of a loss with respect to ``taps[l]`` is then the back-propagated
+        error δ_l, so a per-sample gradient of layer l is the outer product δ_l a_{l-1}ᵀ (the FIM loss).
+        """
         h = self.encoding(x)
         *hidden, last = self.layers
+        inputs = []
         for i, layer in enumerate(hidden):
             act = self.first_activation if i == 0 else self.activation
             of_linear = getattr(act, "of_linear", None)
             hooked = layer._forward_pre_hooks or layer._forward_hooks or layer._backward_hooks  # e.g. K-FAC's: they must see the call
-            h = act(layer(h)) if of_linear is None or hooked else of_linear(h, layer.weight, layer.bias)
-        return last(h)
+            if taps is not None:
+                inputs.append(h)
+                h = act(layer(h) + taps[i])
+            else:
+                h = act(layer(h)) if of_linear is None or hooked else of_linear(h, layer.weight, layer.bias)
+        if taps is None:
+            return last(h)
+        return last(h) + taps[-1], inputs + [h]
+
+    @property
+    def out_dims(self) -> list[int]:
+        """Output size of every linear layer (the shapes of ``taps`` without the batch axis)."""
+        return [layer.out_features for layer in self.layers]
 
     @property
     def num_params(self) -> int:

@@ -98,7 +98,11 @@ def load_image(source: str | Path, resize: int | None = None, crop: tuple[int, i
     ``pad`` last adds that many rows/columns of zeros on every side (MCL-NF's CelebA: 178×178 + 1 = 180×180).
     An alpha channel is composited onto white; ``gray`` converts RGB to luminance (ITU-R 601).
     """
-    pixels = read_image(source)
+    return image_signal(read_image(source), str(source), resize=resize, crop=crop, gray=gray, pad=pad)
+
+
+def image_signal(pixels: np.ndarray, source: str, resize: int | None = None, crop: tuple[int, int] | None = None, gray: bool = False, pad: int = 0) -> Signal:
+    """An (H, W, C) pixel array (uint8, uint16 or floats in [0, 1]) named ``source`` as :func:`load_image` makes it."""
     if pixels.dtype == np.uint8:
         bit_depth, x = 8, torch.from_numpy(pixels.astype(np.float32) / 255.0)
     elif pixels.dtype == np.uint16:
@@ -127,4 +131,4 @@ def load_image(source: str | Path, resize: int | None = None, crop: tuple[int, i
     if pad:
         x = torch.nn.functional.pad(x.permute(2, 0, 1), (pad, pad, pad, pad)).permute(1, 2, 0)
     layout = ImageLayout(height=x.shape[0], width=x.shape[1], channels=x.shape[2], bit_depth=bit_depth)
-    return Signal(name=str(source), layout=layout, coords=layout.coords(), values=x.reshape(-1, x.shape[2]).contiguous())
+    return Signal(name=source, layout=layout, coords=layout.coords(), values=x.reshape(-1, x.shape[2]).contiguous())

@@ -1,0 +1,1 @@
+"""Meta-learning of field initializations (MCL-NF and its baselines) and its data."""

@@ -1,0 +1,149 @@
+"""Datasets for meta-learning: a collection of signals of one layout, split into meta-train and meta-test.
+
+A dataset is named by
+
+* ``lfw_subset`` — scikit-image's 200 gray 25 × 25 faces (the bundled default);
+* a folder — every supported file in it (sorted by name);
+* a glob pattern — e.g. ``'../shared/data/celeba_align/*.jpg'``.
+
+Files are split *before* they are cut into clips (so no clip of a meta-test file is seen in
+meta-training): a seeded permutation puts ``test_fraction`` of them (at least one) into meta-test,
+or the split is given as two text files listing names, one per line. Audio and video files can be
+cut into consecutive clips of ``clip`` seconds/frames (a clip shorter than that at the end is dropped).
+Every signal of a dataset must have the same layout (same image size, clip length, …): the
+meta-batch is one stacked tensor.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mclnf.errors import MclnfError
+from mclnf.signals import SUFFIX_KIND, Signal, load_signal
+from mclnf.signals.image import image_signal
+
+BUILTIN_DATASETS = ("lfw_subset",)
+
+
+@dataclass
+class MetaDataset:
+    """Meta-train and meta-test signals (one layout) and the names of the files they came from."""
+
+    source: str
+    train: list[Signal]
+    test: list[Signal]
+    train_files: list[str]
+    test_files: list[str]
+
+    @property
+    def layout(self):
+        return self.train[0].layout
+
+    def values(self, split: str) -> torch.Tensor:
+        """The values of every signal of ``split`` stacked: (S, N, C)."""
+        return torch.stack([s.values for s in (self.train if split == "train" else self.test)])
+
+
+def dataset_files(source: str) -> list[str]:
+    """The files a dataset spec names (module docstring), sorted; ``lfw_subset`` gives item names."""
+    if source in BUILTIN_DATASETS:
+        return [f"lfw_subset[{i}]" for i in range(200)]
+    p = Path(source)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIX_KIND)
+        what = f"folder {p}"
+    elif p.exists():
+        raise MclnfError(f"{source}: a dataset is a folder, a glob pattern or {', '.join(BUILTIN_DATASETS)}, not a single file")
+    else:
+        files = sorted(f for f in glob.glob(source) if Path(f).is_file() and Path(f).suffix.lower() in SUFFIX_KIND)
+        what = f"pattern {source}"
+        if not any(ch in source for ch in "*?["):
+            raise MclnfError(f"{source}: no such folder, not a glob pattern, and not a built-in dataset ({', '.join(BUILTIN_DATASETS)})")
+    if len(files) < 2:
+        raise MclnfError(f"{what}: {len(files)} signal file(s) found; a meta-learning dataset needs at least 2 (one to meta-train, one to meta-test)")
+    kinds = {SUFFIX_KIND[Path(f).suffix.lower()] for f in files}
+    if len(kinds) > 1:
+        raise MclnfError(f"{what}: mixes kinds of signals ({', '.join(sorted(kinds))}); a dataset holds one kind")
+    return files
+
+
+def split_files(files: list[str], test_fraction: float, seed: int, lists: tuple[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """(meta-train, meta-test) names: from two list files, or a seeded random ``test_fraction`` split."""
+    if lists is not None:
+        known = {Path(f).name: f for f in files} | {f: f for f in files}
+        out = []
+        for path in lists:
+            try:
+                names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+            except OSError as e:
+                raise MclnfError(f"{path}: cannot read the list ({e.strerror})") from None
+            missing = [n for n in names if n not in known]
+            if missing:
+                raise MclnfError(f"{path}: {missing[0]} is not in the dataset")
+            if not names:
+                raise MclnfError(f"{path}: the list is empty")
+            out.append([known[n] for n in names])
+        if set(out[0]) & set(out[1]):
+            raise MclnfError(f"{lists[1]}: {sorted(set(out[0]) & set(out[1]))[0]} is in both the meta-train and the meta-test list")
+        return out[0], out[1]
+    if not 0 < test_fraction < 1:
+        raise MclnfError(f"--test-fraction {test_fraction}: must be between 0 and 1")
+    n_test = min(len(files) - 1, max(1, round(test_fraction * len(files))))
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+    test = sorted(order[:n_test])
+    return [files[i] for i in sorted(order[n_test:])], [files[i] for i in test]
+
+
+def cut_clips(signal: Signal, length: int | None) -> list[Signal]:
+    """A grid signal cut into consecutive clips of ``length`` along its first (time) axis; None: the signal."""
+    if length is None:
+        return [signal]
+    layout = signal.layout
+    total = layout.grid_shape[0]
+    if length > total:
+        raise MclnfError(f"--clip: {signal.name} has only {total} {'frames' if signal.kind == 'video' else 'samples'}, fewer than one clip of {length}")
+    per = len(signal) // total
+    clip = layout.with_grid_shape((length, *layout.grid_shape[1:]))
+    coords = clip.coords()
+    return [Signal(f"{signal.name}@{k * length}", clip, coords, signal.values[k * length * per : (k + 1) * length * per])
+            for k in range(total // length)]  # fmt: skip
+
+
+def load_dataset(source: str, options: dict, test_fraction: float = 0.3, split_seed: int = 0, lists: tuple[str, str] | None = None,
+                 clip: float | int | None = None) -> MetaDataset:  # fmt: skip
+    """Load a dataset (module docstring). ``options`` are the signal loader's (``resize``, ``crop``,
+    ``duration`` …, unset: None); ``clip`` is in seconds for audio, frames for video."""
+    files = dataset_files(source)
+    train_files, test_files = split_files(files, test_fraction, split_seed, lists)
+    kind = "image" if source in BUILTIN_DATASETS else SUFFIX_KIND[Path(files[0]).suffix.lower()]
+    if clip is not None and kind not in ("audio", "video"):
+        raise MclnfError(f"--clip: only audio and video files are cut into clips, not {kind} files")
+    if clip is not None and not clip > 0:
+        raise MclnfError(f"--clip {clip}: must be positive")
+    faces = None
+    if source in BUILTIN_DATASETS:
+        import skimage.data
+
+        faces = skimage.data.lfw_subset()
+
+    def load(name: str) -> list[Signal]:
+        if faces is not None:
+            index = int(name[len("lfw_subset[") : -1])
+            sig = image_signal(faces[index][..., None], name, **{k: v for k, v in options.items() if k in ("resize", "crop", "gray", "pad") and v is not None})
+            return [sig]
+        sig = load_signal(name, **options)
+        length = None if clip is None else (round(clip * sig.layout.sample_rate) if kind == "audio" else int(clip))
+        return cut_clips(sig, length)
+
+    train = [s for f in train_files for s in load(f)]
+    test = [s for f in test_files for s in load(f)]
+    layout = train[0].layout
+    for s in train + test:
+        if s.layout != layout:
+            raise MclnfError(f"{s.name}: its layout {s.layout} differs from {train[0].name}'s {layout}; every signal of a dataset must have one "
+                             "size (use --resize/--crop for images and video, --clip for audio and video)")  # fmt: skip
+    return MetaDataset(source, train, test, train_files, test_files)
