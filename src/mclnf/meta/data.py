@@ -4,7 +4,8 @@ A dataset is named by
 
 * ``lfw_subset`` — scikit-image's 200 gray 25 × 25 faces (the bundled default);
 * a folder — every supported file in it (sorted by name);
-* a glob pattern — e.g. ``'../shared/data/celeba_align/*.jpg'``.
+* a glob pattern — e.g. ``'../shared/data/celeba_align/*.jpg'``;
+* one audio or video file cut into clips (``--clip``): its clips are split instead of files.
 
 Files are split *before* they are cut into clips (so no clip of a meta-test file is seen in
 meta-training): a seeded permutation puts ``test_fraction`` of them (at least one) into meta-test,
@@ -56,8 +57,10 @@ def dataset_files(source: str) -> list[str]:
     if p.is_dir():
         files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIX_KIND)
         what = f"folder {p}"
-    elif p.exists():
-        raise MclnfError(f"{source}: a dataset is a folder, a glob pattern or {', '.join(BUILTIN_DATASETS)}, not a single file")
+    elif p.is_file():  # one long audio/video file, cut into clips (load_dataset checks --clip)
+        if p.suffix.lower() not in SUFFIX_KIND:
+            raise MclnfError(f"{source}: unsupported format {p.suffix or '(no suffix)'}")
+        return [str(p)]
     else:
         files = sorted(f for f in glob.glob(source) if Path(f).is_file() and Path(f).suffix.lower() in SUFFIX_KIND)
         what = f"pattern {source}"
@@ -118,12 +121,13 @@ def load_dataset(source: str, options: dict, test_fraction: float = 0.3, split_s
     """Load a dataset (module docstring). ``options`` are the signal loader's (``resize``, ``crop``,
     ``duration`` …, unset: None); ``clip`` is in seconds for audio, frames for video."""
     files = dataset_files(source)
-    train_files, test_files = split_files(files, test_fraction, split_seed, lists)
     kind = "image" if source in BUILTIN_DATASETS else SUFFIX_KIND[Path(files[0]).suffix.lower()]
     if clip is not None and kind not in ("audio", "video"):
         raise MclnfError(f"--clip: only audio and video files are cut into clips, not {kind} files")
     if clip is not None and not clip > 0:
         raise MclnfError(f"--clip {clip}: must be positive")
+    if len(files) == 1 and (clip is None or kind not in ("audio", "video")):
+        raise MclnfError(f"{source}: a single file is a dataset only as an audio or video file cut into clips (--clip)")
     faces = None
     if source in BUILTIN_DATASETS:
         import skimage.data
@@ -139,8 +143,16 @@ def load_dataset(source: str, options: dict, test_fraction: float = 0.3, split_s
         length = None if clip is None else (round(clip * sig.layout.sample_rate) if kind == "audio" else int(clip))
         return cut_clips(sig, length)
 
-    train = [s for f in train_files for s in load(f)]
-    test = [s for f in test_files for s in load(f)]
+    if len(files) == 1:  # the clips of one file are split (they do not overlap in time)
+        clips = {s.name: s for s in load(files[0])}
+        if len(clips) < 2:
+            raise MclnfError(f"--clip {clip}: {files[0]} gives {len(clips)} clip; a dataset needs at least 2")
+        train_files, test_files = split_files(list(clips), test_fraction, split_seed, lists)
+        train, test = [clips[n] for n in train_files], [clips[n] for n in test_files]
+    else:
+        train_files, test_files = split_files(files, test_fraction, split_seed, lists)
+        train = [s for f in train_files for s in load(f)]
+        test = [s for f in test_files for s in load(f)]
     layout = train[0].layout
     for s in train + test:
         if s.layout != layout:

@@ -1,6 +1,7 @@
 """``mclnf meta-test``: test-time optimization from meta-learned initializations, against baselines.
 
-Every meta-test signal arrives as the run's task stream. For every step count s of ``steps`` (1, 2,
+The meta-test signals are DATASET's meta-test part, loaded with the run's own options (resize, clip,
+split seed …) and checked to be the files the run left out. Every meta-test signal arrives as the run's task stream. For every step count s of ``steps`` (1, 2,
 4, …, 4096 by default) each method learns the stream afresh with s steps per task (the offline
 methods ``mol`` and ``ol``: s·T steps on the whole signal) and the whole signal is scored (PSNR and
 SSIM, PESQ for audio). Methods and their test-time learners (one interface, :mod:`mclnf.continual.learners`):

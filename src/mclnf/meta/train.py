@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from mclnf import __version__
 from mclnf.checkpoint import atomic_path, load_checkpoint, save_checkpoint, write_text
 from mclnf.continual.learners import permutation
+from mclnf.continual.run import flat
 from mclnf.errors import DivergedError, MclnfError
 from mclnf.eval.plots import plot_meta_curve
 from mclnf.fields import FieldConfig
@@ -157,7 +158,7 @@ def meta_train(cfg: MetaTrainConfig) -> dict:
     start, elapsed, curve = 0, 0.0, []
     if cfg.resume:
         ck = load_checkpoint(out / "checkpoint.pt")
-        was, now = ck["config"], cfg.to_dict()
+        was, now = flat(ck["config"]), flat(cfg.to_dict())
         changed = [k for k in was if k not in RESUMABLE and now.get(k) != was[k]]
         if changed:
             raise MclnfError(f"--resume: {out} was run with --{changed[0].replace('_', '-')} {was[changed[0]]}, not {now[changed[0]]}")
