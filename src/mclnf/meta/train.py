@@ -203,7 +203,8 @@ def meta_train(cfg: MetaTrainConfig) -> dict:
             loss = float(stats[0]) / count
             if not torch.isfinite(stats[:1]).all() or not all(torch.isfinite(p.grad).all() for p in theta.values() if p.grad is not None):
                 kept = f"the checkpoint of step {last_saved} is kept (--resume continues from it)" if last_saved else "no checkpoint was written yet"
-                raise DivergedError(step, loss, last_saved, where=f" (meta-train {cfg.options.method})", kept=kept)
+                raise DivergedError(step, loss, last_saved, where=f" (meta-train {cfg.options.method})", kept=kept,
+                                    hint="try a lower --outer-lr or --inner-lr")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(theta.values(), cfg.clip_grad))
             optimizer.step()
             if cfg.options.meta_grad == "emcl":  # h ← β h + (1 − β) |g ⊙ θ₀| / mean
