@@ -1,19 +1,64 @@
-"""Peak memory of one call, measured by the allocator (CUDA) or torch's memory profiler (CPU)."""
+"""Peak memory of one call: the CUDA allocator's peak, or the process's resident peak on Linux."""
 
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 
-def peak_mib(fn: Callable[[], object], device: str | torch.device = "cpu") -> float:
-    """The largest amount of memory (MiB) that tensors allocated *during* ``fn()`` held at once.
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
 
-    Tensors alive before the call (parameters, data) are not counted. On CUDA:
-    ``torch.cuda.max_memory_allocated`` above the starting allocation; on CPU: the allocation timeline
-    of ``torch.profiler`` (every tensor's creation and destruction, in order), which sees exactly
-    what PyTorch's CPU allocator hands out (not Python objects, not allocator caching).
+
+@contextmanager
+def _silent_stderr():
+    """File descriptor 2 to /dev/null: the profiler's C++ backend logs its start and stop there."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def allocated_peak_mib(fn: Callable[[], object]) -> float:
+    """The most memory that tensors allocated during ``fn()`` held at once (MiB), from the CPU
+    allocator's timeline in ``torch.profiler`` (every tensor's creation and destruction, in order).
+    Independent of what the process held before, so comparable across calls in one process — but it
+    misses frees of tensors made inside ``torch.func`` transforms (measured: it shows first-order
+    inner loops growing with their steps while the resident set stays flat), so figures for code
+    under ``vmap``/``grad`` are upper bounds."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    with _silent_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    held = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        held += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+        peak = max(peak, held)
+    return peak / 2**20
+
+
+def peak_mib(fn: Callable[[], object], device: str | torch.device = "cpu") -> float | None:
+    """How far memory rose above its level before ``fn()`` at the peak of the call (MiB).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` above the allocation at the start. CPU (Linux): the
+    process's resident-set peak (VmHWM, reset first through ``/proc/self/clear_refs``) above its
+    resident size at the start — real memory, allocator and all; memory the allocator already held
+    may be reused without showing, so measure in a fresh process for clean figures. ``None`` where
+    neither is available.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -23,16 +68,11 @@ def peak_mib(fn: Callable[[], object], device: str | torch.device = "cpu") -> fl
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        base = _status_kib("VmRSS")
+    except OSError:
         fn()
-    held = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            held += size
-        elif action == Action.DESTROY:
-            held -= size
-        peak = max(peak, held)
-    return peak / 2**20
+        return None
+    fn()
+    return max(0, _status_kib("VmHWM") - base) / 1024

@@ -14,7 +14,8 @@ SSIM, PESQ for audio). Methods and their test-time learners (one interface, :mod
   initialization, with ``baseline_optimizer`` (Adam 1e-4, as ``mclnf continual``).
 
 Outputs: ``table.md`` (MCL-NF's Table 1: Step 1 / Best (step) / Final, per metric), ``compute.md``
-(Table 6: parameters, peak memory of test-time optimization, episodes/s, final PSNR),
+(Table 6: parameters, peak memory of one test-time step per task — allocations, see
+:func:`~mclnf.eval.memory.allocated_peak_mib` — episodes/s, final PSNR),
 ``psnr_vs_step.png`` (Fig. 2), ``grid_step{s}.png`` for images (Fig. 3; reconstructions of the first
 signals, one row per method) or reconstruction files for audio/video, and ``metrics.json``.
 An *episode* is one test-time optimization step on one task (one batch).
@@ -33,12 +34,12 @@ from time import perf_counter
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from mclnf.checkpoint import atomic_path, write_text
 from mclnf.continual.learners import LEARNERS, FineTune, Learner, LearnerOptions, Offline
 from mclnf.errors import MclnfError
-from mclnf.eval.memory import peak_mib
+from mclnf.eval.memory import allocated_peak_mib
 from mclnf.eval.plots import plot_meta_test, plot_reconstruction_grid
 from mclnf.fields import Field, FieldConfig
 from mclnf.fields.modular import ModularField
@@ -47,6 +48,7 @@ from mclnf.losses import fim_loss
 from mclnf.meta.data import MetaDataset
 from mclnf.meta.methods import MetaMethod, MetaOptions
 from mclnf.meta.train import MetaTrainConfig
+from mclnf.optim import build_optimizer
 from mclnf.signals import Layout, Signal
 from mclnf.signals.tasks import Task, route, split_signal
 from mclnf.train import log_spaced_steps
@@ -111,12 +113,7 @@ class ModulesFromInit(Learner):
         self.current = Field(self.config)
         self.current.load_state_dict(self.init.state_dict())
         self.model = self.current if not self.fields else self.model
-        self.optimizer = self.build(self.current)
-
-    def build(self, model: nn.Module) -> torch.optim.Optimizer:
-        from mclnf.optim import build_optimizer
-
-        return build_optimizer(self.opts.optimizer, model, self.opts.lr, seed=self.opts.seed)
+        self.optimizer = build_optimizer(self.opts.optimizer, self.current, self.opts.lr, seed=self.opts.seed)
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         o = self.method.opts
@@ -265,7 +262,7 @@ def meta_test(cfg: MetaTestConfig) -> list[dict]:
 
         tasks = split_signal(signals[0], o.split, o.tasks)  # the memory of test-time optimization: one step per task
         learner = make_learner(entry, signals[0], tasks, cfg, runs[0].base_field, cfg.batch_size or max(len(t) for t in tasks))
-        peak = peak_mib(lambda: [learner.learn(task, 1, progress=False) for task in tasks])
+        peak = allocated_peak_mib(lambda: [learner.learn(task, 1, progress=False) for task in tasks])
         curve = {s: {m: mean([r[m] for r in per_step[s]]) for m in metric_names} for s in steps}
         records.append({"name": name, "kind": "baseline" if isinstance(entry, str) else "meta", "curve": curve, "per_signal": per_step,
                         "summary": {m: summarize(curve, m) for m in metric_names}, "params": sum(p.numel() for p in learner.model.parameters()), "peak_mib": peak,

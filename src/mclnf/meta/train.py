@@ -71,7 +71,7 @@ class MetaTrainConfig:
     # outer loop
     outer_steps: int = 500
     meta_batch: int = 4
-    outer_lr: float = 1e-5
+    outer_lr: float = 1e-4  # Learned Init's 1e-5 is for ~10⁵ outer steps; CPU-scale runs take hundreds
     clip_grad: float = 1.0
     seed: int = 0
     checkpoint_every: int = 50
