@@ -50,19 +50,19 @@ class MetaDataset:
 
 
 def dataset_files(source: str) -> list[str]:
-    """The files a dataset spec names (module docstring), sorted; ``lfw_subset`` gives item names."""
+    """The files a dataset spec names (module docstring), as absolute paths, sorted; ``lfw_subset`` gives item names."""
     if source in BUILTIN_DATASETS:
         return [f"lfw_subset[{i}]" for i in range(200)]
     p = Path(source)
     if p.is_dir():
-        files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIX_KIND)
+        files = sorted(str(f.resolve()) for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIX_KIND)
         what = f"folder {p}"
     elif p.is_file():  # one long audio/video file, cut into clips (load_dataset checks --clip)
         if p.suffix.lower() not in SUFFIX_KIND:
             raise MclnfError(f"{source}: unsupported format {p.suffix or '(no suffix)'}")
-        return [str(p)]
+        return [str(p.resolve())]
     else:
-        files = sorted(f for f in glob.glob(source) if Path(f).is_file() and Path(f).suffix.lower() in SUFFIX_KIND)
+        files = sorted(str(Path(f).resolve()) for f in glob.glob(source) if Path(f).is_file() and Path(f).suffix.lower() in SUFFIX_KIND)
         what = f"pattern {source}"
         if not any(ch in source for ch in "*?["):
             raise MclnfError(f"{source}: no such folder, not a glob pattern, and not a built-in dataset ({', '.join(BUILTIN_DATASETS)})")
