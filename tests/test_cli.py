@@ -17,10 +17,9 @@ import soundfile as sf
 import tifffile
 import torch
 import trimesh
-from conftest import DATA
+from conftest import DATA, cli, one_line
 from safetensors.torch import load_file
 
-from mclnf.cli import main
 from mclnf.fields import Field, FieldConfig
 
 SMALL = ("--width", "32", "--depth", "3", "--quiet")
@@ -28,25 +27,10 @@ RECORD_KEYS = {"signal", "kind", "activation", "optimizer", "params", "steps", "
 OUTPUTS = ("metrics.json", "curve.png", "field.safetensors", "checkpoint.pt")
 
 
-def cli(*args) -> int:
-    """``mclnf ARGS`` in this process; argparse's own exits come back as the status too."""
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-
-
 def fit(out, *args, steps=8) -> dict:
     """A small successful fit; its metrics.json."""
     assert cli("fit", *args, *SMALL, "--steps", steps, "--out", out) == 0
     return json.loads((out / "metrics.json").read_text())
-
-
-def one_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and err.endswith("\n"), err
-    return lines[0]
 
 
 def tensors(run) -> dict[str, torch.Tensor]:

@@ -116,7 +116,7 @@ def add_meta_train(sub) -> None:
     g.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, help="outer steps between checkpoints")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     add_dataset_options(p)
-    add_field_options(p)
+    add_field_options(p, " (mcl-nf modules: width / √T)")
     g = p.add_argument_group("run")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (--outer-steps may grow)")
     g.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
@@ -140,13 +140,13 @@ def add_dataset_options(p) -> None:
     g.add_argument("--start-frame", type=int, help="video: first frame")
 
 
-def add_field_options(p) -> None:
+def add_field_options(p, width_note: str = "") -> None:
     g = p.add_argument_group("field")
-    g.add_argument("--activation", choices=ACTIVATIONS, default="sine", help="sine (SIREN), gaussian, wavelet, relu, relu-pe")
-    g.add_argument("--width", type=positive_int, default=256, help="hidden units per layer (mcl-nf modules: width / √T)")
-    g.add_argument("--depth", type=positive_int, default=5, help="number of linear layers")
+    g.add_argument("--activation", choices=ACTIVATIONS, default="sine", help="sine (SIREN), gaussian, wavelet (real Gabor, WIRE), relu, relu-pe (ReLU with positional encoding)")
+    g.add_argument("--width", type=positive_int, default=256, help="hidden units per layer" + width_note)
+    g.add_argument("--depth", type=positive_int, default=5, help="number of linear layers (5 × 256 from 2 to 3: 198,915 parameters)")
     g.add_argument("--omega0", type=float, help="sine/wavelet frequency ω₀ (default: sine 30, wavelet 10)")
-    g.add_argument("--first-omega0", type=float, help="sine: ω₀ of the first layer (default: ω₀; audio 3000)")
+    g.add_argument("--first-omega0", type=float, help="sine: ω₀ of the first layer (default: ω₀; audio 3000 as SIREN)")
     g.add_argument("--sigma", type=float, help="gaussian: width σ (default 0.05)")
     g.add_argument("--s0", type=float, help="wavelet: window scale s₀ (default 10)")
     g.add_argument("--pe-frequencies", type=positive_int, help="relu-pe: number of frequencies L (default 8)")
@@ -213,15 +213,7 @@ def add_signal_field_options(p, command: str, auto: bool) -> None:
     """The options ``fit`` and ``continual`` share: the signal, the field, the optimizer, the run."""
     p.add_argument("signal", help="a PNG/JPEG/TIFF image, a scikit-image image name (camera, astronaut, ...), a WAV/FLAC/OGG clip, an MP4/GIF video or an OBJ/PLY/STL/OFF mesh (occupancy)")
     p.add_argument("--out", type=Path, help=f"output folder (default: runs/{command}-<signal>-<{'activation' if command == 'fit' else 'learner'}>)")
-    g = p.add_argument_group("field")
-    g.add_argument("--activation", choices=ACTIVATIONS, default="sine", help="sine (SIREN), gaussian, wavelet (real Gabor, WIRE), relu, relu-pe (ReLU with positional encoding)")
-    g.add_argument("--width", type=positive_int, default=256, help="hidden units per layer")
-    g.add_argument("--depth", type=positive_int, default=5, help="number of linear layers (5 × 256 from 2 to 3: 198,915 parameters)")
-    g.add_argument("--omega0", type=float, help="sine/wavelet frequency ω₀ (default: sine 30, wavelet 10)")
-    g.add_argument("--first-omega0", type=float, help="sine: ω₀ of the first layer (default: ω₀; audio 3000 as SIREN)")
-    g.add_argument("--sigma", type=float, help="gaussian: width σ (default 0.05)")
-    g.add_argument("--s0", type=float, help="wavelet: window scale s₀ (default 10)")
-    g.add_argument("--pe-frequencies", type=positive_int, help="relu-pe: number of frequencies L (default 8)")
+    add_field_options(p)
     g = p.add_argument_group("optimization")
     g.add_argument("--optimizer", choices=[*OPTIMIZERS, "auto"] if auto else list(OPTIMIZERS), default="adam",
                    help="optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's)" + ("; auto picks by the study's evidence and says why" if auto else ""))

@@ -9,27 +9,12 @@ import sys
 import imageio.v3 as iio
 import pytest
 import torch
-from conftest import DATA
+from conftest import DATA, cli, one_line
 
-from mclnf.cli import main
 from mclnf.continual.learners import LEARNERS
 
 FACE = DATA / "celeba_align" / "000003.jpg"
 SMALL = ("--crop", "178", "178", "--resize", "24", "--width", "16", "--depth", "3", "--batch-size", "64", "--quiet")
-
-
-def cli(*args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-
-
-def one_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and err.endswith("\n"), err
-    return lines[0]
 
 
 def test_all_learners_write_a_comparison(tmp_path, capsys):

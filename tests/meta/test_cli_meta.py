@@ -13,27 +13,12 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import DATA
+from conftest import DATA, cli, one_line
 from safetensors.torch import load_file
 
-from mclnf.cli import main
 from mclnf.meta.methods import METHODS
 
 TINY = ("--width", "16", "--depth", "3", "--inner-steps", "1", "--meta-batch", "2", "--quiet")
-
-
-def cli(*args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-
-
-def one_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if "USDT" not in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

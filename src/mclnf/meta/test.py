@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor
