@@ -122,7 +122,8 @@ def batched(fn: Callable, in_dims: tuple, use_vmap: bool) -> Callable:
 
 
 class MetaMethod:
-    """One method of the module docstring on signals of one layout: θ₀, the meta-objective, the test learner."""
+    """One method of the module docstring on signals of one layout: its field, θ₀'s initial draw, the task
+    stream's sample indices and the meta-objective (the test-time learners are in :mod:`mclnf.meta.test`)."""
 
     def __init__(self, layout: Layout, field: FieldConfig, opts: MetaOptions):
         self.layout, self.opts = layout, opts
@@ -187,11 +188,10 @@ class MetaMethod:
         number of tasks, so that processes of one meta-batch add up). Returns it, the summed loss
         after adaptation (for reporting) and the summed importance |g ⊙ θ₀| (for emcl's h)."""
         o = self.opts
-        second = o.meta_grad == "second-order"
-        start = theta0 if second else {k: v.detach() for k, v in theta0.items()}
+        start = theta0 if o.meta_grad == "second-order" else {k: v.detach() for k, v in theta0.items()}
         fast0 = {k: start[k] for k in self.fast}
         hh = None if h is None else {k: h[k] for k in self.fast}
-        coords, idx, mask = self.coords.to(values.dtype), self.idx, self.mask.to(values.dtype)
+        coords, idx, mask = self.coords.to(values), self.idx.to(values.device), self.mask.to(values)
         if o.method.startswith("mcl-nf"):  # every (signal, task) pair on its own
             B, (T, M) = values.shape[0], self.idx.shape
             xs = coords[idx].expand(B, T, M, -1).reshape(B * T, M, -1)
