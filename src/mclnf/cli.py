@@ -130,14 +130,19 @@ def add_dataset_options(p) -> None:
     g.add_argument("--train-list", help="a text file naming the meta-train files, one per line (with --test-list)")
     g.add_argument("--test-list", help="a text file naming the meta-test files, one per line")
     g.add_argument("--clip", type=float, help="audio: seconds, video: frames per clip; files are cut into consecutive clips")
-    g.add_argument("--resize", type=int, help="image/video: scale so the longer side has this many pixels (bilinear)")
+    add_loader_options(g)
+
+
+def add_loader_options(g) -> None:
+    """How image, audio and video files are read (``fit``, ``continual``, ``meta-train``)."""
+    g.add_argument("--resize", type=int, help="image/video: scale so the longer side has this many pixels, bilinear (fit's image default 256; 0 keeps the size)")
     g.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="image: centred crop before resizing")
     g.add_argument("--gray", action="store_true", default=None, help="image: convert to luminance")
-    g.add_argument("--pad", type=int, help="image: zero rows/columns added on every side, last")
+    g.add_argument("--pad", type=int, help="image: zero rows/columns added on every side, last (MCL-NF's CelebA: --crop 178 178 --resize 0 --pad 1)")
     g.add_argument("--start", type=float, help="audio: start time in seconds")
-    g.add_argument("--duration", type=float, help="audio: length in seconds")
-    g.add_argument("--frames", type=int, help="video: number of frames")
-    g.add_argument("--start-frame", type=int, help="video: first frame")
+    g.add_argument("--duration", type=float, help="audio: length in seconds (default: to the end)")
+    g.add_argument("--frames", type=int, help="video: number of frames (default: all)")
+    g.add_argument("--start-frame", type=int, help="video: first frame (default 0)")
 
 
 def add_field_options(p, width_note: str = "") -> None:
@@ -225,14 +230,7 @@ def add_signal_field_options(p, command: str, auto: bool) -> None:
     if command == "fit":
         g.add_argument("--compile", action="store_true", help="torch.compile the training step's field (about 30 s to compile; ≈15 %% faster steps at batch 4096 on CPU)")
     g = p.add_argument_group("signal (each applies to the kinds named)")
-    g.add_argument("--resize", type=int, help="image/video: scale so the longer side has this many pixels, bilinear (image default 256; 0 keeps the size)")
-    g.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="image: centred crop before resizing")
-    g.add_argument("--gray", action="store_true", default=None, help="image: convert to luminance")
-    g.add_argument("--pad", type=int, help="image: zero rows/columns added on every side, last (MCL-NF's CelebA: --crop 178 178 --resize 0 --pad 1)")
-    g.add_argument("--start", type=float, help="audio: start time in seconds")
-    g.add_argument("--duration", type=float, help="audio: length in seconds (default: to the end)")
-    g.add_argument("--frames", type=int, help="video: number of frames (default: all)")
-    g.add_argument("--start-frame", type=int, help="video: first frame (default 0)")
+    add_loader_options(g)
     g.add_argument("--points", type=int, help="occupancy: training points, 1/3 uniform and 2/3 near the surface (default 100000)")
     g.add_argument("--eval-points", type=int, help="occupancy: held-out points for IoU (default 100000)")
     g.add_argument("--resolution", type=int, help="occupancy: marching-cubes grid of the reconstruction (default 128)")

@@ -107,14 +107,18 @@ class FitConfig:
         return self
 
     def field_config(self, signal: Signal) -> FieldConfig:
-        return FieldConfig(
-            in_dim=signal.layout.in_dim, out_dim=signal.layout.out_dim, width=self.width, depth=self.depth,
-            activation=self.activation, omega0=self.omega0, first_omega0=self.first_omega0, sigma=self.sigma,
-            s0=self.s0, pe_frequencies=self.pe_frequencies,
-        )  # fmt: skip
+        return field_config(self, signal.layout)
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+FIELD_OPTIONS = ("width", "depth", "activation", "omega0", "first_omega0", "sigma", "s0", "pe_frequencies")
+
+
+def field_config(options, layout: Layout) -> FieldConfig:
+    """The field a run's ``options`` (any object with the attributes of FIELD_OPTIONS) describe for signals of ``layout``."""
+    return FieldConfig(in_dim=layout.in_dim, out_dim=layout.out_dim, **{k: getattr(options, k) for k in FIELD_OPTIONS})
 
 
 def load_fit_signal(cfg: FitConfig) -> Signal:

@@ -33,7 +33,7 @@ from mclnf.continual.run import flat
 from mclnf.errors import DivergedError, MclnfError
 from mclnf.eval.plots import plot_meta_curve
 from mclnf.fields import FieldConfig
-from mclnf.fit import KIND_DEFAULTS, make_dir, prepare_out
+from mclnf.fit import KIND_DEFAULTS, field_config, make_dir, prepare_out
 from mclnf.meta.data import MetaDataset, load_dataset
 from mclnf.meta.methods import MetaMethod, MetaOptions
 
@@ -97,12 +97,10 @@ class MetaTrainConfig:
         return load_dataset(self.dataset, opts, self.test_fraction, self.split_seed, lists, self.clip)
 
     def field_config(self, ds: MetaDataset) -> FieldConfig:
-        layout = ds.layout
         first = self.first_omega0
         if first is None and self.activation == "sine":
-            first = KIND_DEFAULTS.get(layout.kind, {}).get("first_omega0")
-        return FieldConfig(in_dim=layout.in_dim, out_dim=layout.out_dim, width=self.width, depth=self.depth, activation=self.activation,
-                           omega0=self.omega0, first_omega0=first, sigma=self.sigma, s0=self.s0, pe_frequencies=self.pe_frequencies)  # fmt: skip
+            first = KIND_DEFAULTS.get(ds.layout.kind, {}).get("first_omega0")
+        return field_config(dataclasses.replace(self, first_omega0=first), ds.layout)
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
