@@ -298,6 +298,56 @@ def run_render(a: argparse.Namespace) -> None:
     print(write_reconstruction(field, layout, a.out or run_dir / f"render{layout.suffix}"))
 
 
+def add_cl_bench(sub) -> None:
+    from mclnf.clbench.data import BENCHMARKS
+    from mclnf.clbench.learners import ONLINE_LEARNERS
+
+    p = sub.add_parser(
+        "cl-bench", formatter_class=Help, help="online continual classification benchmarks (EMCL's Table III)",
+        description="Learn a benchmark's tasks once, in order (batches of 10, each for --glances steps), with every "
+        "--method over --seeds seeds; write table.md (ACC and BWT ÷ T−1, mean ± std, training time, the ratios "
+        "of EMCL's time to La-MAML's and MER's), time.png (Fig. 2), matrix_<method>.png (mean accuracy matrix), "
+        "runs/<method>-seed<k>.json and metrics.json. Options left out take the benchmark's defaults "
+        "(EMCL's Table II, La-MAML's released settings; docs/cl-bench.md); an option given applies to every method.",
+        epilog="examples:\n  mclnf cl-bench mnist-permutations --method all --seeds 3\n"
+        "  mclnf cl-bench mnist-permutations --method emcl --emcl-no-pgd --out runs/emcl-no-pgd\n"
+        "  mclnf cl-bench split-cifar100 --data ~/data/cifar-100-python --method er emcl",
+    )  # fmt: skip
+    p.add_argument("bench", choices=BENCHMARKS, help="the benchmark")
+    p.add_argument("--method", nargs="+", choices=(*ONLINE_LEARNERS, "all"), default=["all"], dest="methods", help="methods to run, or all")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0 … S−1 (the stream and the model depend on the seed)")
+    p.add_argument("--data", help="the dataset's folder (MNIST: default ../shared/data/mnist or $MCLNF_DATA/mnist; CIFAR-100: cifar-100-python; miniImageNet: the mini-imagenet-cache-*.pkl folder)")
+    p.add_argument("--tasks", type=positive_int, help="only the first T tasks of the stream (stated in the output)")
+    p.add_argument("--out", type=Path, help="output folder (default runs/cl-bench-BENCH)")
+    p.add_argument("--resume", action="store_true", help="skip the (method, seed) runs already in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("overrides (default: the benchmark's)")
+    for name, kind, text in (
+        ("lr", float, "SGD learning rate (sgd, er, ewc, gem, agem, mer; default 0.03)"), ("glances", int, "steps per incoming batch"),
+        ("buffer-size", int, "memory size (samples; gem/agem: divided among the tasks)"), ("replay-batch", int, "replayed samples per step (default 10)"),
+        ("ewc-lambda", float, "ewc: λ (default 100)"), ("memory-strength", float, "gem: margin (default 0.5)"),
+        ("mer-beta", float, "mer: within-batch β (default 0.03)"), ("mer-gamma", float, "mer: across-batch γ (default 1)"), ("mer-batches", int, "mer: batches per example (default 5)"),
+        ("lamaml-alpha", float, "lamaml: initial learning rates α"), ("lamaml-lr", float, "lamaml: learning rate of α"), ("clip", float, "lamaml: gradient clamp and norm clip"),
+        ("emcl-lr", float, "emcl: meta learning rate α₀"), ("emcl-inner-lr", float, "emcl: inner learning rate β"), ("emcl-lambda", float, "emcl: λ"),
+        ("emcl-gamma", float, "emcl: proximal step γ"), ("emcl-eta", float, "emcl: importance moving-average rate η (default 0.9)"), ("emcl-r", float, "emcl: r of the meta rates α₀ r / ĥ (default 1)"),
+    ):  # fmt: skip
+        g.add_argument(f"--{name}", type=positive_int if kind is int else kind, help=text)
+    g.add_argument("--lamaml-second-order", action=argparse.BooleanOptionalAction, help="lamaml: differentiate through the inner steps (default: MNIST no, CIFAR/miniImageNet yes)")
+    g.add_argument("--emcl-no-pgd", dest="emcl_pgd", action="store_const", const=False, help="emcl ablation: a plain gradient step on the regularized inner loss")
+    g.add_argument("--emcl-no-reg", dest="emcl_reg", action="store_const", const=False, help="emcl ablation: no inner pull towards θ₀, the inner rate modulated by importance instead")
+    g.add_argument("--emcl-importance", choices=("taylor", "si"), help="emcl: importance |g ⊙ θ₀| (taylor, default) or |g ⊙ Δθ₀| (si, the EMCL-SI ablation)")
+
+
+def run_cl_bench(a: argparse.Namespace) -> None:
+    from mclnf.clbench.run import BenchConfig, cl_bench
+
+    own = ("bench", "seeds", "data", "tasks", "out", "resume", "overwrite")
+    overrides = {k: v for k, v in vars(a).items() if k not in (*own, "methods", "command", "quiet") and v is not None}
+    cl_bench(BenchConfig(**{k: getattr(a, k) for k in own}, methods=tuple(a.methods), overrides=overrides, progress=not a.quiet))
+    print(f"outputs in {a.out or Path('runs') / f'cl-bench-{a.bench}'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="mclnf", description="Learn neural fields fast and continually.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -306,10 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     add_render(sub)
     add_meta_train(sub)
     add_meta_test(sub)
+    add_cl_bench(sub)
     a = parser.parse_args(argv)
     keep_freed_memory()
     try:
-        {"fit": run_fit, "continual": run_continual, "render": run_render, "meta-train": run_meta_train, "meta-test": run_meta_test}[a.command](a)
+        {"fit": run_fit, "continual": run_continual, "render": run_render, "meta-train": run_meta_train, "meta-test": run_meta_test, "cl-bench": run_cl_bench}[a.command](a)
     except MclnfError as e:
         print(f"mclnf {a.command}: error: {e}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ RESUMABLE = ("steps", "resume", "overwrite", "progress", "tensorboard", "out")  
 ACTIVATION_OPTIONS = {  # the field options that apply to each activation
     "sine": ("omega0", "first_omega0"), "gaussian": ("sigma",), "wavelet": ("omega0", "s0"), "relu": (), "relu-pe": ("pe_frequencies",),
 }  # fmt: skip
-RUN_FILES = ("checkpoint.pt", "field.safetensors", "metrics.json", "comparison.md")  # a folder holding one of these holds a run
+RUN_FILES = ("checkpoint.pt", "field.safetensors", "metrics.json", "comparison.md", "cl_bench.json")  # a folder holding one of these holds a run
 
 
 @dataclass

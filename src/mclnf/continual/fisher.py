@@ -23,8 +23,9 @@ from mclnf.errors import MclnfError
 LIKELIHOODS = ("mse", "bce", "ce")
 
 
-def diagonal_fisher(model: nn.Module, x: Tensor, loss: str, max_floats: int = 2**24) -> dict[str, Tensor]:
-    """Diagonal Fisher of ``model``'s trainable parameters, averaged over the inputs ``x`` (N, …).
+def diagonal_fisher(model: nn.Module, x: Tensor, loss: str, outputs: Tensor | None = None, max_floats: int = 2**24) -> dict[str, Tensor]:
+    """Diagonal Fisher of ``model``'s trainable parameters, averaged over the inputs ``x`` (N, …);
+    ``outputs`` (indices) keeps only those outputs (a multi-head classifier's head for ``ce``).
 
     Per-sample Jacobians come from ``vmap(jacrev(·))`` in chunks of at most ``max_floats`` Jacobian
     entries; returns ``{name: tensor shaped like the parameter}``.
@@ -34,22 +35,31 @@ def diagonal_fisher(model: nn.Module, x: Tensor, loss: str, max_floats: int = 2*
     params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
 
+    def logits(p: dict[str, Tensor], xs: Tensor) -> Tensor:
+        z = functional_call(model, (p, buffers), (xs,))
+        return z if outputs is None else z[:, outputs]
+
     def out(p: dict[str, Tensor], xi: Tensor) -> Tensor:  # one sample → (C,) outputs
-        z = functional_call(model, (p, buffers), (xi[None],))[0]
+        z = logits(p, xi[None])[0]
         return torch.log_softmax(z, -1) if loss == "ce" else z
 
     per_sample = vmap(jacrev(out), in_dims=(None, 0))
+    was = model.training
+    model.eval()  # batch norm: its running statistics, never updated here (nor in place inside the transforms)
     with torch.no_grad():
         n_out = out(params, x[0]).numel()
     chunk = max(1, max_floats // (n_out * sum(p.numel() for p in params.values())))
     fisher = {k: torch.zeros_like(p) for k, p in params.items()}
-    for xc in x.split(chunk):
-        jac = per_sample(params, xc)  # name → (n, C, *shape)
-        with torch.no_grad():
-            z = functional_call(model, (params, buffers), (xc,))
-            w = {"mse": torch.full_like(z, 2.0 / n_out), "bce": torch.sigmoid(z) * torch.sigmoid(-z), "ce": torch.softmax(z, -1)}[loss]
-            for k, j in jac.items():
-                fisher[k] += torch.einsum("nc,nc...->...", w, j.square())
+    try:
+        for xc in x.split(chunk):
+            jac = per_sample(params, xc)  # name → (n, C, *shape)
+            with torch.no_grad():
+                z = logits(params, xc)
+                w = {"mse": torch.full_like(z, 2.0 / n_out), "bce": torch.sigmoid(z) * torch.sigmoid(-z), "ce": torch.softmax(z, -1)}[loss]
+                for k, j in jac.items():
+                    fisher[k] += torch.einsum("nc,nc...->...", w, j.square())
+    finally:
+        model.train(was)
     return {k: f / len(x) for k, f in fisher.items()}
 
 

@@ -62,11 +62,12 @@ class LearnerOptions:
     mer_beta: float = 0.5  # mer: within-batch Reptile step β
     mer_batches: int = 1  # mer: batches per across-batch Reptile step
     mer_gamma: float = 1.0  # mer: across-batch Reptile step γ (MER's published runs: 1)
+    glances: int = 1  # steps each batch is used for (online classification: La-MAML's glances)
     modules: int | None = None  # modular: K (default: one per task)
     module_width: int | None = None  # modular: width of each module (default: width / √K)
 
     def __post_init__(self):  # every option checked before a run touches its output folder
-        for name in ("buffer_size", "replay_batch", "fisher_samples", "mer_steps", "mer_batches", "modules", "module_width"):
+        for name in ("buffer_size", "replay_batch", "fisher_samples", "mer_steps", "mer_batches", "glances", "modules", "module_width"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise MclnfError(f"--{name.replace('_', '-')} {value}: must be a positive integer")
@@ -92,17 +93,21 @@ class Learner:
     name: ClassVar[str]
     updates_per_step: int = 1  # optimizer steps per training step (mer: one per piece)
 
-    def __init__(self, signal: Signal, tasks: list[Task], config: FieldConfig, opts: LearnerOptions):
-        self.signal, self.tasks, self.config, self.opts = signal, tasks, config, opts
-        self.loss_of = LOSSES[signal.layout.loss]
+    def __init__(self, tasks: list, opts: LearnerOptions, model: Callable[[], nn.Module], likelihood: str, loss: Callable[[Tensor, Tensor], Tensor] | None = None):
+        """``model()`` builds the network (after seeding torch with ``opts.seed``); ``likelihood``
+        names the loss's likelihood (``mse``, ``bce``, ``ce``: EWC's Fisher); ``loss`` defaults to it."""
+        self.tasks, self.opts, self.likelihood = tasks, opts, likelihood
+        self.loss_of = loss or LOSSES[likelihood]
         torch.manual_seed(opts.seed)
-        self.model = self.build_model()
+        self.model = model()
         self.optimizer: torch.optim.Optimizer | None = None
 
-    # ---- hooks ---------------------------------------------------------------------------------
-    def build_model(self) -> nn.Module:
-        return Field(self.config)
+    @classmethod
+    def for_signal(cls, signal: Signal, tasks: list[Task], config: FieldConfig, opts: LearnerOptions) -> Learner:
+        """The learner of a field with ``config`` fitted to ``signal``'s task stream."""
+        return cls(tasks, opts, lambda: Field(config), signal.layout.loss)
 
+    # ---- hooks ---------------------------------------------------------------------------------
     def new_optimizer(self) -> torch.optim.Optimizer:
         return build_optimizer(self.opts.optimizer, self.model, self.opts.lr, seed=self.opts.seed)
 
@@ -111,7 +116,9 @@ class Learner:
             self.optimizer = self.new_optimizer()
 
     def batches(self, task: Task) -> Callable[[int], Batch]:
-        return EpochSampler(task.coords, task.values, self.opts.batch_size, task_seed(self.opts.seed, task.index))
+        """Epochs of the task's samples in a seeded order; each batch for ``glances`` consecutive steps."""
+        sampler, g = EpochSampler(task.coords, task.values, self.opts.batch_size, task_seed(self.opts.seed, task.index)), self.opts.glances
+        return sampler if g == 1 else lambda step: sampler((step - 1) // g + 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -158,6 +165,12 @@ class Offline(Learner):
     """``ol``: the whole signal at once, for as many steps in all as the stream has."""
 
     name = "ol"
+
+    @classmethod
+    def for_signal(cls, signal: Signal, tasks: list[Task], config: FieldConfig, opts: LearnerOptions) -> Learner:
+        learner = super().for_signal(signal, tasks, config, opts)
+        learner.signal = signal
+        return learner
 
     def learn(self, task: Task, steps: int, progress: bool = True) -> dict[str, float]:
         self.before_task(task)
@@ -221,7 +234,7 @@ class EWC(Learner):
             return  # no task comes after the last one to protect it from
         n = min(self.opts.fisher_samples, len(task))
         pick = permutation(len(task), self.opts.seed, task.index, 2)[:n]
-        fisher = diagonal_fisher(self.model, task.coords[pick], self.signal.layout.loss)
+        fisher = diagonal_fisher(self.model, task.coords[pick], self.likelihood, outputs=getattr(task, "classes", None))
         self.penalty.consolidate(fisher, self.params)
 
     def extra_state(self) -> dict:
@@ -250,6 +263,8 @@ class MER(Replay):
                 cache.clear()
                 x, y = whole(step + 1)
                 order = permutation(len(x), self.opts.seed, task.index, step, 3)
+                if len(x) < k:  # fewer samples than pieces (online, empty memory): cycle through them
+                    order = order.repeat(k)[:k]
                 cache[step] = (x[order].tensor_split(k), y[order].tensor_split(k))
             xs, ys = cache[step]
             return xs[i], ys[i]
@@ -265,8 +280,12 @@ class Modular(Learner):
     def __init__(self, signal: Signal, tasks: list[Task], config: FieldConfig, opts: LearnerOptions):
         k = opts.modules or len(tasks)
         self.regions = tasks if k == len(tasks) else split_signal(signal, split_of(tasks), k)
-        width = opts.module_width or max(1, round(config.width / math.sqrt(k)))
-        super().__init__(signal, tasks, dataclasses.replace(config, width=width), opts)
+        self.config = dataclasses.replace(config, width=opts.module_width or max(1, round(config.width / math.sqrt(k))))
+        super().__init__(tasks, opts, self.build_model, signal.layout.loss)
+
+    @classmethod
+    def for_signal(cls, signal: Signal, tasks: list[Task], config: FieldConfig, opts: LearnerOptions) -> Learner:
+        return cls(signal, tasks, config, opts)
 
     def build_model(self) -> nn.Module:
         self.init = Field(self.config)  # the shared initialization of every module
@@ -305,4 +324,4 @@ LEARNERS: dict[str, type[Learner]] = {c.name: c for c in (Offline, FineTune, Rep
 def build_learner(name: str, signal: Signal, tasks: list[Task], config: FieldConfig, opts: LearnerOptions) -> Learner:
     if name not in LEARNERS:
         raise MclnfError(f"--learner {name}: unknown; choose one of {', '.join(LEARNERS)} or all")
-    return LEARNERS[name](signal, tasks, config, opts)
+    return LEARNERS[name].for_signal(signal, tasks, config, opts)

@@ -104,8 +104,8 @@ class ModulesFromInit(Learner):
     name = "mcl-nf"
 
     def __init__(self, signal: Signal, tasks: list[Task], config: FieldConfig, opts: LearnerOptions, method: MetaMethod):
-        self.method, self.fields = method, []
-        super().__init__(signal, tasks, config, opts)
+        self.method, self.fields, self.config = method, [], config
+        super().__init__(tasks, opts, lambda: Field(config), signal.layout.loss)
         self.init = self.model
 
     def before_task(self, task: Task) -> None:
@@ -117,7 +117,7 @@ class ModulesFromInit(Learner):
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         o = self.method.opts
         if o.method == "mcl-nf-fim":
-            return fim_loss(self.current, self.current.out_dims, x, y, o.fim_lambda, self.signal.layout.loss, o.fisher)
+            return fim_loss(self.current, self.current.out_dims, x, y, o.fim_lambda, self.likelihood, o.fisher)
         return self.loss_of(self.current(x), y)
 
     def after_task(self, task: Task) -> None:
@@ -136,11 +136,11 @@ class ModulesFromInit(Learner):
 def make_learner(entry: MetaRun | str, signal: Signal, tasks: list[Task], cfg: MetaTestConfig, base: FieldConfig, batch: int) -> Learner:
     if isinstance(entry, str):  # a baseline from a random initialization
         opts = LearnerOptions(optimizer=cfg.baseline_optimizer, lr=cfg.baseline_lr, batch_size=batch, seed=cfg.seed)
-        return LEARNERS[entry](signal, tasks, base, opts)
+        return LEARNERS[entry].for_signal(signal, tasks, base, opts)
     o = entry.config.options
     opts = LearnerOptions(optimizer=cfg.test_optimizer or "sgd", lr=cfg.test_lr or (o.inner_lr if cfg.test_optimizer in (None, "sgd") else None), batch_size=batch, seed=cfg.seed)
     cls = {"mol": Offline, "maml-cl": FineTune, "oml": FineTune}.get(o.method)
-    learner = ModulesFromInit(signal, tasks, entry.method.field_config, opts, entry.method) if cls is None else cls(signal, tasks, entry.method.field_config, opts)
+    learner = ModulesFromInit(signal, tasks, entry.method.field_config, opts, entry.method) if cls is None else cls.for_signal(signal, tasks, entry.method.field_config, opts)
     learner.model.load_state_dict(entry.theta)
     if o.method == "oml":  # only the PLN adapts
         for name, p in learner.model.named_parameters():

@@ -6,9 +6,10 @@ import torch
 from torch.optim import Optimizer
 
 from mclnf.errors import MclnfError
+from mclnf.optim.wrapped import Wrapped
 
 
-class Reptile(Optimizer):
+class Reptile(Wrapped):
     """Wraps ``optimizer``; after its ``step()``s, interpolates towards where each batch started.
 
     With θ_w the weights at the start of the current batch (``k`` inner steps) and θ_a those at the
@@ -28,38 +29,18 @@ class Reptile(Optimizer):
         for name, value in (("--mer-beta", beta), ("--mer-gamma", gamma)):
             if not 0 < value <= 1:
                 raise MclnfError(f"{name} {value}: must be in (0, 1]")
-        self.optimizer, self.k, self.beta, self.batches, self.gamma = optimizer, k, beta, batches, gamma
+        super().__init__(optimizer)
+        self.k, self.beta, self.batches, self.gamma = k, beta, batches, gamma
         self.inner_steps = 0
-        self.within = [p.detach().clone() for p in self._params()]
+        self.within = [p.detach().clone() for p in self.params()]
         self.across = [w.clone() for w in self.within]
-
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @property
-    def defaults(self):
-        return self.optimizer.defaults
-
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    def needs_create_graph(self) -> bool:
-        return bool(getattr(self.optimizer, "needs_create_graph", lambda: False)())
-
-    def _params(self):
-        return [p for g in self.optimizer.param_groups for p in g["params"]]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure=None):
         loss = self.optimizer.step(closure)
         self.inner_steps += 1
         if self.inner_steps % self.k == 0:
             with torch.no_grad():
-                params = self._params()
+                params = self.params()
                 torch._foreach_lerp_(params, self.within, 1 - self.beta)  # θ ← θ + (1−β)(θ_w − θ) = θ_w + β(θ − θ_w)
                 if self.inner_steps % (self.k * self.batches) == 0:
                     torch._foreach_lerp_(params, self.across, 1 - self.gamma)
@@ -68,10 +49,10 @@ class Reptile(Optimizer):
         return loss
 
     def state_dict(self) -> dict:
-        return {"inner": self.optimizer.state_dict(), "inner_steps": self.inner_steps, "within": self.within, "across": self.across}
+        return {**super().state_dict(), "inner_steps": self.inner_steps, "within": self.within, "across": self.across}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["inner"])
+        super().load_state_dict(state)
         self.inner_steps = state["inner_steps"]
         self.within = [t.clone() for t in state["within"]]
         self.across = [t.clone() for t in state["across"]]
