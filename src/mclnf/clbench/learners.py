@@ -150,14 +150,17 @@ class AGEM(GEM):
 
 
 class Functional:
-    """The model as a function of its parameters: ``self.loss_at(params, x, y)``."""
+    """Mixin of the meta-learners: the loss as a function of the parameters, and seeded sample orders."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generator = torch.Generator().manual_seed(self.opts.seed)
 
     def loss_at(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return self.loss_of(functional_call(self.model, (params, dict(self.model.named_buffers())), (x,)), y)
 
     def shuffled(self, n: int) -> Tensor:
-        if not hasattr(self, "generator"):
-            self.generator = torch.Generator().manual_seed(self.opts.seed)
+        """A random order of ``n`` samples (the inner pass's)."""
         return torch.randperm(n, generator=self.generator)
 
 
