@@ -17,6 +17,14 @@ from torch.nn.utils import clip_grad_norm_
 from torch.optim import Optimizer
 
 
+def evaluate(closure) -> Tensor | None:
+    """The loss of a torch.optim ``closure`` (with gradients on), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class LookAheadSGD(Optimizer):
     r"""La-MAML's update of weights θ and their learning rates α (one α per weight entry)::
 
@@ -44,10 +52,7 @@ class LookAheadSGD(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate(closure)
         weights, lrs = (g for g in self.param_groups)
         for group in (weights, lrs):
             clip_grad_norm_([p for p in group["params"] if p.grad is not None], group["max_norm"])
@@ -84,10 +89,7 @@ class ImportanceSGD(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
