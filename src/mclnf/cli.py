@@ -145,11 +145,14 @@ def add_loader_options(g) -> None:
     g.add_argument("--start-frame", type=int, help="video: first frame (default 0)")
 
 
-def add_field_options(p, width_note: str = "") -> None:
+def add_field_options(p, width_note: str = "", kind_defaults: bool = False) -> None:
+    """The field's options; with ``kind_defaults`` (fit, continual) the unset ones take the signal kind's defaults."""
     g = p.add_argument_group("field")
-    g.add_argument("--activation", choices=ACTIVATIONS, default="sine", help="sine (SIREN), gaussian, wavelet (real Gabor, WIRE), relu, relu-pe (ReLU with positional encoding)")
-    g.add_argument("--width", type=positive_int, default=256, help="hidden units per layer" + width_note)
-    g.add_argument("--depth", type=positive_int, default=5, help="number of linear layers (5 × 256 from 2 to 3: 198,915 parameters)")
+    kinds = lambda default, radiance: dict(help_=f" (default {default}; radiance {radiance})", default=None) if kind_defaults else dict(help_="", default=default)  # noqa: E731
+    a, w, d = kinds("sine", "gaussian, σ 0.1"), kinds(256, 128), kinds(5, 4)
+    g.add_argument("--activation", choices=ACTIVATIONS, default=a["default"], help="sine (SIREN), gaussian, wavelet (real Gabor, WIRE), relu, relu-pe (ReLU with positional encoding)" + a["help_"])
+    g.add_argument("--width", type=positive_int, default=w["default"], help="hidden units per layer" + width_note + w["help_"])
+    g.add_argument("--depth", type=positive_int, default=d["default"], help="number of linear layers (5 × 256 from 2 to 3: 198,915 parameters)" + d["help_"])
     g.add_argument("--omega0", type=float, help="sine/wavelet frequency ω₀ (default: sine 30, wavelet 10)")
     g.add_argument("--first-omega0", type=float, help="sine: ω₀ of the first layer (default: ω₀; audio 3000 as SIREN)")
     g.add_argument("--sigma", type=float, help="gaussian: width σ (default 0.05)")
@@ -218,13 +221,13 @@ def add_signal_field_options(p, command: str, auto: bool) -> None:
     """The options ``fit`` and ``continual`` share: the signal, the field, the optimizer, the run."""
     p.add_argument("signal", help="a PNG/JPEG/TIFF image, a scikit-image image name (camera, astronaut, ...), a WAV/FLAC/OGG clip, an MP4/GIF video or an OBJ/PLY/STL/OFF mesh (occupancy)")
     p.add_argument("--out", type=Path, help=f"output folder (default: runs/{command}-<signal>-<{'activation' if command == 'fit' else 'learner'}>)")
-    add_field_options(p)
+    add_field_options(p, kind_defaults=True)
     g = p.add_argument_group("optimization")
     g.add_argument("--optimizer", choices=[*OPTIMIZERS, "auto"] if auto else list(OPTIMIZERS), default="adam",
                    help="optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's)" + ("; auto picks by the study's evidence and says why" if auto else ""))
     g.add_argument("--lr", type=float, help="learning rate (default: " + ", ".join(f"{k} {default_lr(k):g}" for k in OPTIMIZERS) + ")")
     g.add_argument("--steps", type=int, help="training steps (mini-batches)" + (" per task" if command == "continual" else ""))
-    g.add_argument("--batch-size", type=int, default=512, help="samples per mini-batch; each epoch visits every sample once")
+    g.add_argument("--batch-size", type=int, help="samples (radiance: rays) per mini-batch; each epoch visits every sample once (default 512; radiance 1024)")
     g.add_argument("--seed", type=int, default=0, help="seed of initialization, batch order and occupancy points; same seed, same result")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     if command == "fit":
@@ -234,6 +237,11 @@ def add_signal_field_options(p, command: str, auto: bool) -> None:
     g.add_argument("--points", type=int, help="occupancy: training points, 1/3 uniform and 2/3 near the surface (default 100000)")
     g.add_argument("--eval-points", type=int, help="occupancy: held-out points for IoU (default 100000)")
     g.add_argument("--resolution", type=int, help="occupancy: marching-cubes grid of the reconstruction (default 128)")
+    g.add_argument("--holdout", type=int, help="radiance (.npz, LLFF): every N-th view is held out for evaluation (default 8)")
+    g.add_argument("--samples", type=int, help="radiance: stratified samples per ray (default 64)")
+    g.add_argument("--importance", type=int, help="radiance: extra samples per ray drawn from the first pass's weights (hierarchical sampling; default 0)")
+    g.add_argument("--scene-bound", type=float, help="radiance: half-size of the scene box around its centre, world units (default: the box holding every sample of every training ray; NeRF-synthetic objects: 1.5)")
+    g.add_argument("--direction", choices=("angles", "vector"), help="radiance: view direction as 2 angles (field input 5, default) or a unit vector (input 6)")
     g = p.add_argument_group("run")
     if command == "fit":
         g.add_argument("--tensorboard", action="store_true", help="also log to --out/tensorboard")

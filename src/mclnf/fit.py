@@ -27,10 +27,13 @@ SIGNAL_OPTIONS = {  # the loader options that apply to each kind
     "audio": ("start", "duration"),
     "video": ("frames", "start_frame", "resize"),
     "occupancy": ("points", "eval_points"),
+    "radiance": ("resize", "holdout", "samples", "importance", "scene_bound", "direction"),
 }
+DEFAULTS = {"activation": "sine", "width": 256, "depth": 5, "batch_size": 512}  # of options left unset, unless the kind's say otherwise
 KIND_DEFAULTS = {  # per-kind defaults of options left unset
     "image": {"resize": 256},  # the papers' 256 × 256
     "audio": {"first_omega0": 3000.0},  # SIREN's audio setting: time in [-1, 1] spans the whole clip
+    "radiance": {"activation": "gaussian", "sigma": 0.1, "width": 128, "depth": 4, "batch_size": 1024},  # the preconditioner paper's NeRF activation, sized for 2 CPU cores
 }
 RESUMABLE = ("steps", "resume", "overwrite", "progress", "tensorboard", "out")  # may change on --resume
 ACTIVATION_OPTIONS = {  # the field options that apply to each activation
@@ -43,13 +46,13 @@ RUN_FILES = ("checkpoint.pt", "field.safetensors", "metrics.json", "comparison.m
 class FitConfig:
     signal: str
     out: Path | None = None
-    activation: str = "sine"
+    activation: str | None = None  # None: the kind's default (DEFAULTS, KIND_DEFAULTS)
     optimizer: str = "adam"
     lr: float | None = None
     steps: int = 2000
-    batch_size: int = 512
-    width: int = 256
-    depth: int = 5
+    batch_size: int | None = None
+    width: int | None = None
+    depth: int | None = None
     seed: int = 0
     omega0: float | None = None
     first_omega0: float | None = None
@@ -67,6 +70,11 @@ class FitConfig:
     points: int | None = None
     eval_points: int | None = None
     resolution: int | None = None
+    holdout: int | None = None
+    samples: int | None = None
+    importance: int | None = None
+    scene_bound: float | None = None
+    direction: str | None = None
     device: str = "cpu"
     compile: bool = False
     tensorboard: bool = False
@@ -77,11 +85,14 @@ class FitConfig:
     def resolved(self) -> FitConfig:
         """The config with per-kind defaults filled in and every option checked."""
         kind = signal_kind(self.signal)
+        for name, value in {**DEFAULTS, **KIND_DEFAULTS.get(kind, {})}.items():
+            if getattr(self, name) is None and name in DEFAULTS:
+                self = dataclasses.replace(self, **{name: value})
         for name in sorted({o for opts in ACTIVATION_OPTIONS.values() for o in opts} - set(ACTIVATION_OPTIONS.get(self.activation, ()))):
             if getattr(self, name) is not None:
                 raise MclnfError(f"--{name.replace('_', '-')}: does not apply to --activation {self.activation}")
         for name, value in KIND_DEFAULTS.get(kind, {}).items():
-            if getattr(self, name) is None and not (name == "first_omega0" and self.activation != "sine"):
+            if getattr(self, name) is None and name not in DEFAULT_FREE_OPTIONS - set(ACTIVATION_OPTIONS[self.activation]):
                 self = dataclasses.replace(self, **{name: value})
         for name in {o for opts in SIGNAL_OPTIONS.values() for o in opts} - set(SIGNAL_OPTIONS[kind]):
             if getattr(self, name) not in (None, False):
@@ -113,6 +124,9 @@ class FitConfig:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
+DEFAULT_FREE_OPTIONS = {o for opts in ACTIVATION_OPTIONS.values() for o in opts}  # apply to some activations only
+
+
 FIELD_OPTIONS = ("width", "depth", "activation", "omega0", "first_omega0", "sigma", "s0", "pe_frequencies")
 
 
@@ -133,7 +147,7 @@ def load_fit_signal(cfg: FitConfig) -> Signal:
 
 def evaluate(field: Field, signal: Signal) -> dict[str, float]:
     device = next(field.parameters()).device
-    pred = predict_in_chunks(lambda x: field(x.to(device)).cpu(), signal.eval_coords)
+    pred = signal.layout.predict(lambda x: field(x.to(device)).cpu(), signal.eval_coords)
     return signal.layout.metrics(pred, signal.eval_values)
 
 
@@ -194,6 +208,7 @@ def fit(cfg: FitConfig) -> dict:
             raise MclnfError(f"--steps {cfg.steps}: the run in {out} already reached step {ck['step']}")
         field.load_state_dict(ck["field"])
         optimizer.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])  # radiance: the stratified jitter of the steps to come
         start, elapsed, curve = ck["step"], ck["elapsed"], ck["curve"]
         for name in ("metrics.json", "curve.png", f"reconstruction{signal.layout.suffix}"):  # outputs of the shorter run
             (out / name).unlink(missing_ok=True)
@@ -216,7 +231,7 @@ def fit(cfg: FitConfig) -> dict:
         save_field(out / "field.safetensors", field, layout)
         save_checkpoint(out / "checkpoint.pt", {
             "config": cfg.to_dict(), "step": step, "elapsed": seconds, "curve": curve,
-            "field": field.state_dict(), "optimizer": optimizer.state_dict(),
+            "field": field.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
         })  # fmt: skip
 
     loss_of = LOSSES[layout.loss]
@@ -225,7 +240,7 @@ def fit(cfg: FitConfig) -> dict:
     sampler = EpochSampler(signal.coords.to(device), signal.values.to(device), cfg.batch_size, cfg.seed)
     try:
         elapsed = train(
-            optimizer, lambda x, y: loss_of(model(x), y), sampler, cfg.steps, start_step=start, elapsed=elapsed,
+            optimizer, lambda x, y: loss_of(layout.observe(model, x), y), sampler, cfg.steps, start_step=start, elapsed=elapsed,
             eval_steps=log_spaced_steps(cfg.steps), on_eval=on_eval, last_good_step=start or None,
             progress=cfg.progress, desc=f"fit {Path(cfg.signal).name}",
         )  # fmt: skip
@@ -246,6 +261,7 @@ def fit(cfg: FitConfig) -> dict:
     except MclnfError as e:  # e.g. an occupancy field with no surface yet: the run itself is fine
         record["reconstruction"] = None
         print(f"warning: no reconstruction written: {e}", file=sys.stderr)
+    record["outputs"] = layout.extra_outputs(field, signal, out)
     plot_curve(curve, layout.primary_metric, out / "curve.png", title=f"{Path(cfg.signal).name} · {cfg.activation} · {cfg.optimizer} {cfg.lr:g}")
     write_text(out / "metrics.json", json.dumps(record, indent=1))
     return record

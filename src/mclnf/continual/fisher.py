@@ -15,6 +15,8 @@ diagonal quadratic model of an old task's loss around its solution.
 from __future__ import annotations
 
 import torch
+from typing import Callable
+
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
@@ -23,9 +25,11 @@ from mclnf.errors import MclnfError
 LIKELIHOODS = ("mse", "bce", "ce")
 
 
-def diagonal_fisher(model: nn.Module, x: Tensor, loss: str, outputs: Tensor | None = None, max_floats: int = 2**24) -> dict[str, Tensor]:
+def diagonal_fisher(model: nn.Module, x: Tensor, loss: str, outputs: Tensor | None = None, max_floats: int = 2**24,
+                    observe: Callable[[Callable, Tensor], Tensor] | None = None) -> dict[str, Tensor]:  # fmt: skip
     """Diagonal Fisher of ``model``'s trainable parameters, averaged over the inputs ``x`` (N, …);
-    ``outputs`` (indices) keeps only those outputs (a multi-head classifier's head for ``ce``).
+    ``outputs`` (indices) keeps only those outputs (a multi-head classifier's head for ``ce``);
+    ``observe(model, x)`` maps the model to predictions of ``x`` (a layout's: radiance renders rays).
 
     Per-sample Jacobians come from ``vmap(jacrev(·))`` in chunks of at most ``max_floats`` Jacobian
     entries; returns ``{name: tensor shaped like the parameter}``.
@@ -36,14 +40,15 @@ def diagonal_fisher(model: nn.Module, x: Tensor, loss: str, outputs: Tensor | No
     buffers = dict(model.named_buffers())
 
     def logits(p: dict[str, Tensor], xs: Tensor) -> Tensor:
-        z = functional_call(model, (p, buffers), (xs,))
+        call = lambda inputs: functional_call(model, (p, buffers), (inputs,))  # noqa: E731
+        z = call(xs) if observe is None else observe(call, xs)
         return z if outputs is None else z[:, outputs]
 
     def out(p: dict[str, Tensor], xi: Tensor) -> Tensor:  # one sample → (C,) outputs
         z = logits(p, xi[None])[0]
         return torch.log_softmax(z, -1) if loss == "ce" else z
 
-    per_sample = vmap(jacrev(out), in_dims=(None, 0))
+    per_sample = vmap(jacrev(out), in_dims=(None, 0), randomness="different")  # radiance: each ray its own jitter
     was = model.training
     model.eval()  # batch norm: its running statistics, never updated here (nor in place inside the transforms)
     with torch.no_grad():

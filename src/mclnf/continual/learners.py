@@ -41,7 +41,7 @@ from mclnf.fields.modular import ModularField
 from mclnf.losses import LOSSES
 from mclnf.optim import build_optimizer
 from mclnf.optim.reptile import Reptile
-from mclnf.signals import Signal, predict_in_chunks
+from mclnf.signals import Layout, Signal, predict_in_chunks
 from mclnf.signals.tasks import Task, default_split, route, split_signal
 from mclnf.train import Batch, EpochSampler, train
 
@@ -93,10 +93,12 @@ class Learner:
     name: ClassVar[str]
     updates_per_step: int = 1  # optimizer steps per training step (mer: one per piece)
 
-    def __init__(self, tasks: list, opts: LearnerOptions, model: Callable[[], nn.Module], likelihood: str, loss: Callable[[Tensor, Tensor], Tensor] | None = None):
+    def __init__(self, tasks: list, opts: LearnerOptions, model: Callable[[], nn.Module], likelihood: str, loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+                 layout: Layout | None = None):  # fmt: skip
         """``model()`` builds the network (after seeding torch with ``opts.seed``); ``likelihood``
-        names the loss's likelihood (``mse``, ``bce``, ``ce``: EWC's Fisher); ``loss`` defaults to it."""
-        self.tasks, self.opts, self.likelihood = tasks, opts, likelihood
+        names the loss's likelihood (``mse``, ``bce``, ``ce``: EWC's Fisher); ``loss`` defaults to it;
+        ``layout`` (a field's signal) says how samples observe the model (radiance: rays rendered through it)."""
+        self.tasks, self.opts, self.likelihood, self.layout = tasks, opts, likelihood, layout
         self.loss_of = loss or LOSSES[likelihood]
         torch.manual_seed(opts.seed)
         self.model = model()
@@ -105,7 +107,7 @@ class Learner:
     @classmethod
     def for_signal(cls, signal: Signal, tasks: list[Task], config: FieldConfig, opts: LearnerOptions) -> Learner:
         """The learner of a field with ``config`` fitted to ``signal``'s task stream."""
-        return cls(tasks, opts, lambda: Field(config), signal.layout.loss)
+        return cls(tasks, opts, lambda: Field(config), signal.layout.loss, layout=signal.layout)
 
     # ---- hooks ---------------------------------------------------------------------------------
     def new_optimizer(self) -> torch.optim.Optimizer:
@@ -120,8 +122,13 @@ class Learner:
         sampler, g = EpochSampler(task.coords, task.values, self.opts.batch_size, task_seed(self.opts.seed, task.index)), self.opts.glances
         return sampler if g == 1 else lambda step: sampler((step - 1) // g + 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def field_at(self, x: Tensor) -> Tensor:
+        """The model on its own inputs (a field's points; Modular routes them to their modules)."""
         return self.model(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The model's prediction of samples ``x`` (radiance: the colours of rays, rendered through :meth:`field_at`)."""
+        return self.field_at(x) if self.layout is None else self.layout.observe(self.field_at, x)
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         return self.loss_of(self.forward(x), y)
@@ -142,7 +149,7 @@ class Learner:
 
     @torch.no_grad()
     def predict(self, coords: Tensor) -> Tensor:
-        return predict_in_chunks(self.forward, coords)
+        return predict_in_chunks(self.forward, coords, 65536 if self.layout is None else self.layout.chunk)
 
     def extra_state(self) -> dict:
         """The learner's own stateful parts (``name → object with state_dict/load_state_dict``)."""
@@ -234,7 +241,8 @@ class EWC(Learner):
             return  # no task comes after the last one to protect it from
         n = min(self.opts.fisher_samples, len(task))
         pick = permutation(len(task), self.opts.seed, task.index, 2)[:n]
-        fisher = diagonal_fisher(self.model, task.coords[pick], self.likelihood, outputs=getattr(task, "classes", None))
+        observe = None if self.layout is None else self.layout.observe
+        fisher = diagonal_fisher(self.model, task.coords[pick], self.likelihood, outputs=getattr(task, "classes", None), observe=observe)
         self.penalty.consolidate(fisher, self.params)
 
     def extra_state(self) -> dict:
@@ -273,7 +281,13 @@ class MER(Replay):
 
 
 class Modular(Learner):
-    """``modular``: one module per region (K regions of the task split; K = T: module i is task i's)."""
+    """``modular``: one module per region (K regions of the task split; K = T: module i is task i's).
+
+    Points are routed by where they lie (radiance: every sample along a ray goes to the module of its
+    block, and the rendering composites across modules). Only the modules of the current task's
+    regions learn: the others' gradients are masked to zero, so with a fresh optimizer they stay
+    bit-exact even when the task's samples reach them (radiance rays cross other blocks). Regions no
+    task has reached yet answer with the shared initialization (radiance: empty space)."""
 
     name = "modular"
 
@@ -281,7 +295,8 @@ class Modular(Learner):
         k = opts.modules or len(tasks)
         self.regions = tasks if k == len(tasks) else split_signal(signal, split_of(tasks), k)
         self.config = dataclasses.replace(config, width=opts.module_width or max(1, round(config.width / math.sqrt(k))))
-        super().__init__(tasks, opts, self.build_model, signal.layout.loss)
+        super().__init__(tasks, opts, self.build_model, signal.layout.loss, layout=signal.layout)
+        self.hooks: list = []
 
     @classmethod
     def for_signal(cls, signal: Signal, tasks: list[Task], config: FieldConfig, opts: LearnerOptions) -> Learner:
@@ -292,16 +307,22 @@ class Modular(Learner):
         return ModularField(self.config, 1, init=self.init)
 
     def before_task(self, task: Task) -> None:
-        needed = int(route(task.coords, self.regions).max()) + 1
-        while self.model.num_modules < needed:
+        current = route(self.layout.locate(task.coords), self.regions).unique()
+        while self.model.num_modules <= int(current.max()):
             self.model.add_module(self.init)
-        self.optimizer = self.new_optimizer()  # fresh: untouched modules stay bit-exact
+        learns = torch.zeros(self.model.num_modules, dtype=self.init.layers[0].weight.dtype)
+        learns[current] = 1
+        for h in self.hooks:
+            h.remove()
+        self.hooks = [p.register_hook(lambda g, m=learns.to(p.device).reshape(-1, *[1] * (p.dim() - 1)): g * m) for p in self.model.parameters()]
+        self.optimizer = self.new_optimizer()  # fresh: the modules that do not learn stay bit-exact
 
-    def forward(self, x: Tensor) -> Tensor:
-        idx = route(x, self.regions)
+    def field_at(self, x: Tensor) -> Tensor:
+        idx = route(x[:, : len(self.regions[0].region)], self.regions)
         if int(idx.max()) < self.model.num_modules:
             return self.model(x, idx)
-        out = self.init(x)  # regions no task has reached yet: the shared initialization
+        blank = self.layout.blank
+        out = self.init(x) if blank is None else x.new_tensor(blank).expand(len(x), -1).clone()
         have = idx < self.model.num_modules
         if bool(have.any()):
             out[have] = self.model(x[have], idx[have])

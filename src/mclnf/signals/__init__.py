@@ -7,13 +7,15 @@ from pathlib import Path
 from mclnf.errors import MclnfError
 from mclnf.signals.base import GridLayout, Layout, Signal, grid_coords, predict_in_chunks
 from mclnf.signals.image import BUILTIN_IMAGES, load_image
+from mclnf.signals.scenes import is_scene
 
-KINDS = ("image", "audio", "video", "occupancy")
+KINDS = ("image", "audio", "video", "occupancy", "radiance")
 SUFFIX_KIND = {
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"), "image"),
     **dict.fromkeys((".wav", ".flac", ".ogg"), "audio"),
     **dict.fromkeys((".mp4", ".gif", ".mov", ".avi", ".webm"), "video"),
     **dict.fromkeys((".obj", ".ply", ".stl", ".off"), "occupancy"),
+    ".npz": "radiance",
 }
 
 
@@ -21,6 +23,8 @@ def signal_kind(source: str | Path) -> str:
     """The kind of signal a path (by its suffix) or a built-in name holds."""
     if str(source) in BUILTIN_IMAGES:
         return "image"
+    if Path(source).is_dir() and is_scene(source):
+        return "radiance"
     kind = SUFFIX_KIND.get(Path(source).suffix.lower())
     if kind is None:
         if not Path(source).exists():
@@ -33,9 +37,10 @@ def load_signal(source: str | Path, **options) -> Signal:
     """Load any supported signal; ``options`` are those of the kind's loader (unset ones: ``None``)."""
     from mclnf.signals.audio import load_audio
     from mclnf.signals.occupancy import load_occupancy
+    from mclnf.signals.radiance import load_radiance
     from mclnf.signals.video import load_video
 
-    loader = {"image": load_image, "audio": load_audio, "video": load_video, "occupancy": load_occupancy}[signal_kind(source)]
+    loader = {"image": load_image, "audio": load_audio, "video": load_video, "occupancy": load_occupancy, "radiance": load_radiance}[signal_kind(source)]
     return loader(source, **{k: v for k, v in options.items() if v is not None})
 
 

@@ -58,6 +58,26 @@ class Layout(ABC):
     def save(self, native: Any, path: Path) -> None:
         """Write a reconstruction (from :meth:`reconstruct`) to ``path``."""
 
+    # ---- how a field is observed (identity but for radiance: volume rendering of rays) ---------
+    chunk: ClassVar[int] = 65536  # samples per chunk when predicting without gradients
+    blank: ClassVar[tuple[float, ...] | None] = None  # a field output meaning "nothing here" (radiance: empty space)
+
+    def observe(self, field: Predict, coords: Tensor) -> Tensor:
+        """The signal's values at samples ``coords`` as a field (points → outputs) makes them; the field itself here."""
+        return field(coords)
+
+    def locate(self, coords: Tensor) -> Tensor:
+        """Where in the field's domain each sample lies (for splitting by space): the coordinates themselves here."""
+        return coords
+
+    def predict(self, field: Predict, coords: Tensor) -> Tensor:
+        """:meth:`observe` on many samples, in chunks, without gradients."""
+        return predict_in_chunks(lambda x: self.observe(field, x), coords, self.chunk)
+
+    def extra_outputs(self, predict: Predict, signal: Signal, out: Path) -> list[str]:
+        """Outputs beyond the reconstruction that a run writes into ``out`` (their names); none here."""
+        return []
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, **asdict(self)}
 

@@ -11,6 +11,9 @@ Splits per kind (the first is the default when ``split`` is ``None``):
 * audio — ``time``: T consecutive segments.
 * occupancy — ``space``: blocks of [-1, 1]³ (``grid=(gx, gy, gz)``, default ``(T, 1, 1)``: T slabs
   along x), equal in size; training and held-out points go to the block that contains them.
+* radiance — ``space``: the same blocks of the scene box; a ray goes with its camera (the view's
+  centre, ``RadianceLayout.locate``) to the block that holds it or, outside the box, the nearest one —
+  a scene captured block by block. Every sample along a ray still goes to the module of its own block.
 
 Conventions
 -----------
@@ -43,7 +46,7 @@ from torch import Tensor
 from mclnf.errors import MclnfError
 from mclnf.signals.base import GridLayout, Layout, Signal
 
-SPLITS = {"image": ("patches", "resolution"), "video": ("time",), "audio": ("time",), "occupancy": ("space",)}
+SPLITS = {"image": ("patches", "resolution"), "video": ("time",), "audio": ("time",), "occupancy": ("space",), "radiance": ("space",)}
 ALL_SPLITS = ("patches", "resolution", "time", "space")
 Region = tuple[tuple[float, float], ...]
 
@@ -198,22 +201,22 @@ def _split_resolution(signal: Signal, tasks: int) -> list[Task]:
 
 
 def _split_space(signal: Signal, grid: tuple[int, ...]) -> list[Task]:
-    d = signal.coords.shape[1]
+    locate = signal.layout.locate  # radiance: a ray lies where its camera is
+    d = locate(signal.coords[:1]).shape[1]
     if len(grid) != d:
         raise MclnfError(f"--grid: the space split needs {d} numbers, one per coordinate axis")
     edges = [np.linspace(-1.0, 1.0, g + 1).tolist() for g in grid]
     # task order: C order of the grid in coordinate-axis order (x slowest)
     regions = [tuple((edges[a][k], edges[a][k + 1]) for a, k in enumerate(combo)) for combo in np.ndindex(*grid)]
     boxes = [_Box(r) for r in regions]
-    train, held = route(signal.coords, boxes), route(signal.eval_coords, boxes)
+    train, held = route(locate(signal.coords), boxes), route(locate(signal.eval_coords), boxes)
     parts = [[torch.nonzero(r == index).reshape(-1) for r in (train, held)] for index in range(len(regions))]
-    for k, what, option in ((0, "training", "--points"), (1, "held-out", "--eval-points")):
+    noun, hints = ("views", ("another --grid", "a smaller --holdout")) if signal.kind == "radiance" else ("points", ("more --points", "more --eval-points"))
+    for k, what in ((0, "training"), (1, "held-out")):
         for index, region in enumerate(regions):
             if len(parts[index][k]) == 0:
                 box = " × ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in region)
-                raise MclnfError(
-                    f"--tasks {len(regions)}: block {index} ({box}) holds no {what} points; a task would be empty (use fewer --tasks or more {option})"
-                )
+                raise MclnfError(f"--tasks {len(regions)}: block {index} ({box}) holds no {what} {noun}; a task would be empty (use fewer --tasks or {hints[k]})")
     return [_task(signal, index, idx, region, eval_idx=eval_idx) for index, (region, (idx, eval_idx)) in enumerate(zip(regions, parts))]
 
 

@@ -1,0 +1,261 @@
+"""Radiance fields of posed images (NeRF): a scene's rays ↦ pixel colours through volume rendering.
+
+A radiance signal's samples are rays, (N, 6) = world origin and direction (:func:`mclnf.signals.rays.camera_rays`
+of the training views), and their pixels' RGB; the held-out views' rays and pixels are its evaluation
+samples. The field is the same MLP as every other kind's, on 5 inputs — the sample's position,
+normalized so the scene box ``center ± bound`` is [-1, 1]³, and the view direction as two angles in
+[-1, 1] (θ = atan2(d_y, d_x)/π, φ = 2·acos(d_z)/π − 1; the MCL-NF paper's d_in = 5) — or 6 with the
+direction as a unit vector (``direction="vector"``); its 4 outputs are density σ = softplus(o₀) and
+colour sigmoid(o₁..₃). :meth:`RadianceLayout.observe` renders rays from it: ``samples`` stratified
+depths on the part of [near, far] inside the scene box (jittered while gradients are on, i.e. in
+training; strata centres in evaluation), plus ``importance`` depths drawn from the first pass's weights
+(hierarchical sampling with the same field, as mip-NeRF), composited over a white background.
+
+Scene box (default): centred on the point nearest to every training camera's optical axis, with
+the half-size of the smallest such cube that holds every sample of every training ray
+(``scene_bound`` sets it; NeRF-synthetic objects lie within 1.5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from mclnf.errors import MclnfError
+from mclnf.signals.base import Layout, Predict, Signal, predict_in_chunks
+from mclnf.signals.rays import box_segment, camera_rays, cell_borders, composite, sample_pdf, stratified
+
+DIRECTIONS = ("angles", "vector")
+POINTS_PER_CHUNK = 2**18  # field evaluations per chunk when rendering without gradients
+
+
+@dataclass(frozen=True)
+class RadianceLayout(Layout):
+    """One scene's cameras (held-out poses flattened in ``views``, V·16 numbers), box and renderer settings."""
+
+    height: int
+    width: int
+    focal: float
+    near: float
+    far: float
+    center: tuple[float, float, float]
+    bound: float
+    up: tuple[float, float, float]  # the scene's up axis (mean camera up), for the turntable
+    views: tuple[float, ...]
+    samples: int = 64
+    importance: int = 0
+    direction: str = "angles"
+    turntable_frames: int = 40
+
+    kind = "radiance"
+    loss = "mse"
+    primary_metric = "psnr"
+    suffix = ".png"
+    blank = (-30.0, 0.0, 0.0, 0.0)  # a field output for empty space: σ = softplus(−30) ≈ 1e−13
+
+    @property
+    def in_dim(self) -> int:
+        return 5 if self.direction == "angles" else 6
+
+    @property
+    def out_dim(self) -> int:
+        return 4
+
+    @property
+    def chunk(self) -> int:
+        return max(1, POINTS_PER_CHUNK // (self.samples + self.importance))
+
+    @property
+    def poses(self) -> Tensor:
+        return torch.tensor(self.views, dtype=torch.float32).reshape(-1, 4, 4)
+
+    # ---- the observation model ---------------------------------------------------------------
+    def locate(self, coords: Tensor) -> Tensor:
+        """Where each ray is taken from, in field coordinates: its camera centre (for splitting a scene by space)."""
+        return (coords[:, :3] - coords.new_tensor(self.center)) / self.bound
+
+    def field_inputs(self, points: Tensor, dirs: Tensor) -> Tensor:
+        """Field inputs of world points (…, 3) seen along directions (…, 3): normalized position and direction."""
+        x = (points - points.new_tensor(self.center)) / self.bound
+        u = F.normalize(dirs, dim=-1)
+        if self.direction == "vector":
+            return torch.cat([x, u], -1)
+        theta = torch.atan2(u[..., 1], u[..., 0]) / math.pi
+        phi = torch.acos(u[..., 2].clamp(-1, 1)) * (2 / math.pi) - 1
+        return torch.cat([x, theta[..., None], phi[..., None]], -1)
+
+    def shade(self, field: Predict, origins: Tensor, dirs: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Density (N, S) and colour (N, S, 3) of the field at depths ``t`` (N, S) of the rays."""
+        points = origins[:, None] + t[..., None] * dirs[:, None]
+        inputs = self.field_inputs(points, dirs[:, None].expand_as(points))
+        raw = field(inputs.reshape(-1, inputs.shape[-1])).reshape(*t.shape, 4)
+        return F.softplus(raw[..., 0]), torch.sigmoid(raw[..., 1:])
+
+    def render(self, field: Predict, rays: Tensor, jitter: bool | None = None) -> dict[str, Tensor]:
+        """Volume rendering of rays (N, 6) through ``field``: ``rgb`` (N, 3), ``depth``, ``acc`` (module
+        docstring); ``jitter`` defaults to whether gradients are on (training)."""
+        jitter = torch.is_grad_enabled() if jitter is None else jitter
+        origins, dirs = rays[:, :3], rays[:, 3:]
+        t0, t1 = box_segment(origins, dirs, origins.new_tensor(self.center), self.bound, self.near, self.far)
+        t = stratified(t0, t1, self.samples, jitter)
+        norm = dirs.norm(dim=-1)
+        if self.importance:
+            with torch.no_grad():
+                borders = cell_borders(t, t0, t1)
+                w = composite(*self.shade(field, origins, dirs, t), t, borders.diff(dim=-1), norm)["w"]
+                t = torch.sort(torch.cat([t, sample_pdf(borders, w, self.importance, jitter)], -1), -1).values
+        sigma, rgb = self.shade(field, origins, dirs, t)
+        return composite(sigma, rgb, t, cell_borders(t, t0, t1).diff(dim=-1), norm)
+
+    def observe(self, field: Predict, coords: Tensor) -> Tensor:
+        return self.render(field, coords)["rgb"]
+
+    # ---- metrics and outputs -----------------------------------------------------------------
+    def as_views(self, values: Tensor) -> Tensor:
+        """Pixels (V·H·W, C) of whole views → images (V, C, H, W)."""
+        return values.detach().float().cpu().reshape(-1, self.height, self.width, values.shape[-1]).permute(0, 3, 1, 2)
+
+    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float]:
+        """PSNR (mean over views of each view's PSNR, as NeRF reports it) and SSIM of whole views; data range 1."""
+        p, t = self.as_views(pred).clamp(0, 1), self.as_views(target)
+        psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
+        return {"psnr": float(psnr.mean()), "ssim": float(structural_similarity_index_measure(p, t, data_range=1.0))}
+
+    def render_views(self, field: Predict, poses: Tensor) -> tuple[Tensor, Tensor]:
+        """Images (V, H, W, 3) and depth maps (V, H, W) of the field seen from camera poses (V, 4, 4)."""
+        rgb, depth = [], []
+        for pose in poses:
+            o, d = camera_rays(self.height, self.width, self.focal, pose)
+            rays = torch.cat([o, d], -1)
+            out = predict_in_chunks(lambda r: torch.cat([(x := self.render(field, r, jitter=False))["rgb"], x["depth"][:, None]], -1), rays, self.chunk)
+            rgb.append(out[:, :3].reshape(self.height, self.width, 3))
+            depth.append(out[:, 3].reshape(self.height, self.width))
+        return torch.stack(rgb), torch.stack(depth)
+
+    def reconstruct(self, predict: Predict) -> dict[str, Tensor]:
+        """The held-out views and their depth maps as the field renders them."""
+        rgb, depth = self.render_views(predict, self.poses)
+        return {"rgb": rgb, "depth": depth}
+
+    def depth_colors(self, depth: Tensor) -> Tensor:
+        """Depth maps (…, H, W) → RGB in [0, 1] (matplotlib's turbo over the box's depth range; near is red)."""
+        from matplotlib import colormaps
+
+        dist = float(torch.tensor(self.views).reshape(-1, 4, 4)[:, :3, 3].sub(torch.tensor(self.center)).norm(dim=-1).mean())
+        lo, hi = max(self.near, dist - self.bound * math.sqrt(3)), min(self.far, dist + self.bound * math.sqrt(3))
+        x = ((hi - depth) / max(hi - lo, 1e-9)).clamp(0, 1).cpu().numpy()
+        return torch.from_numpy(colormaps["turbo"](x)[..., :3]).float()
+
+    def save(self, native: dict[str, Tensor], path: Path) -> None:
+        """One PNG: the rendered held-out views in a row (8 a row at most), their depth maps below."""
+        iio.imwrite(path, tile([native["rgb"], self.depth_colors(native["depth"])]), extension=".png")
+
+    def extra_outputs(self, predict: Predict, signal: Signal, out: Path) -> list[str]:
+        """``views_vs_truth.png`` (held-out views: truth above, rendering below) and ``turntable.mp4``
+        (a circle around the scene at the cameras' mean distance and elevation)."""
+        from mclnf.checkpoint import atomic_path
+
+        rgb, _ = self.render_views(predict, self.poses)
+        truth = self.as_views(signal.eval_values).permute(0, 2, 3, 1)
+        with atomic_path(out / "views_vs_truth.png") as tmp:
+            iio.imwrite(tmp, tile([truth, rgb]), extension=".png")
+        frames, _ = self.render_views(predict, turntable_poses(self, self.turntable_frames))
+        frames = (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")  # yuv420p: even sizes
+        with atomic_path(out / "turntable.mp4") as tmp:
+            iio.imwrite(tmp, frames, extension=".mp4", plugin="pyav", codec="libx264", fps=20)
+        return ["views_vs_truth.png", "turntable.mp4"]
+
+
+def tile(rows: list[Tensor], per_row: int = 8) -> np.ndarray:
+    """Image sets (V, H, W, 3) of one V, interleaved band by band (≤ ``per_row`` views a band) → one uint8 image."""
+    V, H, W, _ = rows[0].shape
+    bands = []
+    for start in range(0, V, per_row):
+        for images in rows:
+            chunk = images[start : start + per_row]
+            band = torch.ones(H, W * min(per_row, V), 3)
+            band[:, : W * len(chunk)] = chunk.permute(1, 0, 2, 3).reshape(H, -1, 3)
+            bands.append(band)
+    return (torch.cat(bands).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def look_at(eye: Tensor, target: Tensor, up: Tensor) -> Tensor:
+    """The camera-to-world pose (4, 4), OpenGL convention, of a camera at ``eye`` looking at ``target``."""
+    forward = F.normalize(target - eye, dim=0)
+    right = F.normalize(torch.linalg.cross(forward, up), dim=0)
+    pose = torch.eye(4)
+    pose[:3, :3] = torch.stack([right, torch.linalg.cross(right, forward), -forward], 1)
+    pose[:3, 3] = eye
+    return pose
+
+
+def turntable_poses(layout: RadianceLayout, n: int) -> Tensor:
+    """``n`` poses on a circle about the up axis through the box centre, at the held-out cameras' mean distance and elevation."""
+    center, up = torch.tensor(layout.center), torch.tensor(layout.up)
+    rel = layout.poses[:, :3, 3] - center
+    radius = float(rel.norm(dim=-1).mean())
+    height = float((rel @ up).mean())
+    e1 = F.normalize(rel[0] - (rel[0] @ up) * up, dim=0)
+    e2 = torch.linalg.cross(up, e1)
+    ring = math.sqrt(max(radius**2 - height**2, 1e-12))
+    angles = torch.arange(n) * (2 * math.pi / n)
+    return torch.stack([look_at(center + height * up + ring * (math.cos(a) * e1 + math.sin(a) * e2), center, up) for a in angles.tolist()])
+
+
+def axes_center(poses: Tensor) -> Tensor:
+    """The point nearest (least squares) to every camera's optical axis; a tiny pull towards the cameras'
+    mean keeps it defined when the axes are parallel (forward-facing captures)."""
+    c, a = poses[:, :3, 3].double(), -poses[:, :3, 2].double()
+    P = torch.eye(3, dtype=torch.float64) - a[:, :, None] * a[:, None, :]  # projections onto each axis's normal plane
+    ridge = 1e-6 * len(poses)
+    return torch.linalg.solve(P.sum(0) + ridge * torch.eye(3, dtype=torch.float64), (P @ c[:, :, None]).sum(0)[:, 0] + ridge * c.mean(0)).float()
+
+
+def rays_of(images: Tensor, poses: Tensor, focal: float) -> tuple[Tensor, Tensor]:
+    """Rays (V·H·W, 6) and their pixels (V·H·W, 3) of views (V, H, W, 3) with poses (V, 4, 4)."""
+    V, H, W, _ = images.shape
+    rays = [torch.cat(camera_rays(H, W, focal, pose), -1) for pose in poses]
+    return (torch.cat(rays) if rays else torch.zeros(0, 6)), images.reshape(-1, 3)
+
+
+def load_radiance(
+    path: str | Path, resize: int | None = None, holdout: int = 8, samples: int = 64, importance: int = 0,
+    scene_bound: float | None = None, direction: str = "angles",
+) -> Signal:  # fmt: skip
+    """A scene of posed images (``.npz``, NeRF-synthetic or LLFF folder; :mod:`mclnf.signals.scenes`) as a radiance signal."""
+    from mclnf.signals.scenes import load_posed_images
+
+    if samples < 2:
+        raise MclnfError(f"--samples {samples}: need at least 2 samples per ray")
+    if importance < 0:
+        raise MclnfError(f"--importance {importance}: must be ≥ 0")
+    if direction not in DIRECTIONS:
+        raise MclnfError(f"--direction {direction}: unknown; choose one of {', '.join(DIRECTIONS)}")
+    if scene_bound is not None and not 0 < scene_bound < math.inf:
+        raise MclnfError(f"--scene-bound {scene_bound}: must be a positive number")
+    scene = load_posed_images(path, resize=resize, holdout=holdout)
+    V, H, W, _ = scene.images.shape
+    train, test = scene.poses[scene.train], scene.poses[scene.test]
+    center = axes_center(train)
+    rays, pixels = rays_of(scene.images[scene.train], train, scene.focal)
+    eval_rays, eval_pixels = rays_of(scene.images[scene.test], test, scene.focal)
+    if scene_bound is None:  # every sample of every training ray: the frustums' corners at near and far
+        o, d = rays[:, :3], rays[:, 3:]
+        ends = torch.cat([o + scene.near * d, o + scene.far * d])
+        scene_bound = float((ends - center).abs().max())
+    up = F.normalize(train[:, :3, 1].mean(0), dim=0)
+    layout = RadianceLayout(
+        height=H, width=W, focal=float(scene.focal), near=float(scene.near), far=float(scene.far),
+        center=tuple(float(c) for c in center), bound=float(scene_bound), up=tuple(float(u) for u in up),
+        views=tuple(float(v) for v in test.reshape(-1)), samples=samples, importance=importance, direction=direction,
+    )  # fmt: skip
+    return Signal(name=str(path), layout=layout, coords=rays, values=pixels, eval_coords=eval_rays, eval_values=eval_pixels)

@@ -1,0 +1,90 @@
+"""Pinhole-camera rays and volume rendering (Mildenhall et al., "NeRF", 2020), as pure tensor functions.
+
+Conventions are NeRF's: camera-to-world poses in the OpenGL frame (camera x right, y up, looking
+along −z); a ray is ``o + t·d`` with ``d`` *not* normalized (its camera-frame z is −1), so ``t`` is
+depth along the optical axis and ``near``/``far`` are depths. Rendering integrates
+
+    C(r) = Σ_k T_k α_k c_k + (1 − Σ_k T_k α_k)·background,  α_k = 1 − exp(−σ_k δ_k ‖d‖),  T_k = Π_{j<k} (1 − α_j),
+
+with δ_k the length of sample k's cell: the cells' borders are the midpoints between consecutive
+samples and the segment's ends, so the cells tile the segment exactly (for stratified samples at the
+strata's centres δ_k is the stratum's width). T_k is written exp(−Σ_{j<k} σ_j δ_j ‖d‖), which is
+exact and needs no cumulative product.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def camera_rays(height: int, width: int, focal: float, c2w: Tensor) -> tuple[Tensor, Tensor]:
+    """Rays through the pixel centres of one camera: origins and directions (H·W, 3), row-major pixel order.
+
+    Pixel (row j, column i) has the camera-frame direction ((i + ½ − W/2)/f, −(j + ½ − H/2)/f, −1),
+    turned into the world by the pose's rotation; every origin is the camera centre (the pose's
+    translation). ``c2w`` is (4, 4) or (3, 4).
+    """
+    c2w = torch.as_tensor(c2w, dtype=torch.float32)
+    j, i = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+    cam = torch.stack([(i + 0.5 - width / 2) / focal, -(j + 0.5 - height / 2) / focal, -torch.ones_like(i)], -1).reshape(-1, 3)
+    dirs = cam @ c2w[:3, :3].T
+    return c2w[:3, 3].expand_as(dirs).clone(), dirs
+
+
+def box_segment(origins: Tensor, dirs: Tensor, center: Tensor, bound: float, near: float, far: float) -> tuple[Tensor, Tensor]:
+    """The part [t0, t1] of each ray between ``near`` and ``far`` that lies in the cube ``center ± bound`` (slab test).
+
+    A ray that misses the cube gets t1 = t0 (an empty segment: it renders the background)."""
+    safe = torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
+    a, b = (center - bound - origins) / safe, (center + bound - origins) / safe
+    t0 = torch.minimum(a, b).amax(-1).clamp_min(near)
+    t1 = torch.maximum(a, b).amin(-1).clamp_max(far)
+    return t0, torch.maximum(t0, t1)
+
+
+def stratified(t0: Tensor, t1: Tensor, n: int, jitter: bool) -> Tensor:
+    """``n`` depths per ray, one in each of n equal strata of [t0, t1]: uniformly at random in its stratum
+    (``jitter``) or at its centre; (N, n), increasing."""
+    k = torch.arange(n, dtype=t0.dtype, device=t0.device)
+    u = torch.rand(*t0.shape, n, dtype=t0.dtype, device=t0.device) if jitter else torch.full_like(k, 0.5)
+    return t0[..., None] + (t1 - t0)[..., None] * (k + u) / n
+
+
+def cell_borders(t: Tensor, t0: Tensor, t1: Tensor) -> Tensor:
+    """Borders (N, S + 1) of the cells of sorted depths ``t`` (N, S): t0, the midpoints, t1; δ_k = their differences."""
+    return torch.cat([t0[..., None], (t[..., 1:] + t[..., :-1]) / 2, t1[..., None]], -1)
+
+
+def composite(sigma: Tensor, rgb: Tensor, t: Tensor, delta: Tensor, dir_norm: Tensor, background: float = 1.0) -> dict[str, Tensor]:
+    """Alpha compositing of samples (module docstring): densities ``sigma`` (N, S) ≥ 0, colours ``rgb``
+    (N, S, C), depths ``t`` and cell lengths ``delta`` (N, S), ray direction norms (N,).
+
+    Returns ``rgb`` (N, C), ``depth`` (N,) (expected termination depth Σ w t, background counting as
+    the segment's last depth), ``acc`` = Σ_k w_k ≤ 1 (opacity) and the weights ``w`` (N, S).
+    """
+    tau = sigma * delta * dir_norm[..., None]  # optical thickness of each cell
+    before = torch.cumsum(tau, -1) - tau  # Σ_{j<k}: exclusive
+    w = torch.exp(-before) * -torch.expm1(-tau)  # T_k α_k
+    acc = w.sum(-1)
+    return {
+        "rgb": (w[..., None] * rgb).sum(-2) + (1 - acc)[..., None] * background,
+        "depth": (w * t).sum(-1) + (1 - acc) * t[..., -1],
+        "acc": acc,
+        "w": w,
+    }
+
+
+def sample_pdf(borders: Tensor, weights: Tensor, n: int, jitter: bool) -> Tensor:
+    """``n`` depths per ray drawn from the piecewise-constant density ∝ ``weights`` (N, S) over the cells
+    with ``borders`` (N, S + 1) — hierarchical sampling, NeRF's ``sample_pdf``: the inverse CDF at
+    stratified uniforms (random when ``jitter``, else the strata's centres); (N, n), increasing."""
+    pdf = weights.detach() + 1e-5  # no cell of zero probability: the CDF increases strictly
+    pdf = pdf / pdf.sum(-1, keepdim=True)
+    cdf = torch.cat([torch.zeros_like(pdf[..., :1]), torch.cumsum(pdf, -1)], -1).clamp_max(1.0).contiguous()
+    zeros = torch.zeros_like(borders[..., 0])
+    u = stratified(zeros, zeros + 1, n, jitter).contiguous()
+    hi = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.shape[-1] - 1)
+    c0, c1 = cdf.gather(-1, hi - 1), cdf.gather(-1, hi)
+    b0, b1 = borders.gather(-1, hi - 1), borders.gather(-1, hi)
+    return b0 + (u - c0) / (c1 - c0).clamp_min(1e-12) * (b1 - b0)

@@ -1,0 +1,289 @@
+"""Posed images of one scene for radiance fields (NeRF): ``.npz`` files, NeRF-synthetic and LLFF folders.
+
+Every loader gives :class:`PosedImages`: RGB images in [0, 1] (an alpha channel is composited on white),
+camera-to-world poses in the OpenGL/NeRF convention (camera x right, y up, looking along -z), one focal
+length in pixels (square pixels, principal point at the image centre), near/far bounds and a split.
+
+- ``.npz`` (``images_rgba`` (V, H, W, 4) or ``images`` (V, H, W, 3), ``poses`` (V, 4, 4) or (V, 3, 4),
+  ``focal`` or ``camera_angle_x``, optional ``near``/``far``, 2 and 6 when absent): every ``holdout``-th
+  view (0, holdout, 2·holdout, …) is held out, as LLFF's ``llffhold``.
+- NeRF-synthetic folder (``transforms_{train,val,test}.json``): train views from ``transforms_train.json``,
+  held-out views from ``transforms_test.json`` (``transforms_val.json`` without it); near 2, far 6;
+  focal = 0.5·W / tan(0.5·camera_angle_x).
+- LLFF folder (``poses_bounds.npy`` and ``images/``): LLFF's [down, right, backwards] rotation columns become
+  [right, up, backwards]; near = 0.9·min(bounds), far = max(bounds). There is no NDC warp and no recentring
+  or rescaling of the poses (unlike LLFF's own loader): the scene stays in the coordinates of the file.
+
+``resize`` scales the images so the longer side has that many pixels (bilinear, no antialiasing, after
+compositing) and the focal length by the same factor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mclnf.errors import MclnfError
+from mclnf.signals.image import SUFFIXES, composite_on_white, read_image, resize_longer_side
+
+BLENDER_NEAR, BLENDER_FAR = 2.0, 6.0  # the NeRF-synthetic convention
+
+
+@dataclass
+class PosedImages:
+    """Posed views of one scene."""
+
+    name: str  # the path as given
+    images: torch.Tensor  # (V, H, W, 3) float32 in [0, 1]
+    poses: torch.Tensor  # (V, 4, 4) float32 camera-to-world, OpenGL convention
+    focal: float  # pixels, for the (possibly resized) images
+    near: float
+    far: float
+    train: list[int]  # indices of training views
+    test: list[int]  # indices of held-out views
+
+    @property
+    def height(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.images.shape[2]
+
+
+def is_scene(path: str | Path) -> bool:
+    """Whether ``path`` looks like a scene: a ``.npz`` file, or a folder holding ``transforms_train.json`` or ``poses_bounds.npy``."""
+    p = Path(path)
+    if p.is_file():
+        return p.suffix.lower() == ".npz"
+    return p.is_dir() and ((p / "transforms_train.json").is_file() or (p / "poses_bounds.npy").is_file())
+
+
+def load_posed_images(path: str | Path, *, resize: int | None = None, holdout: int = 8) -> PosedImages:
+    """Load a scene (``.npz``, NeRF-synthetic or LLFF folder, see the module docstring).
+
+    ``resize`` (0 or None keeps the size) scales the longer side to that many pixels and the focal length
+    with it; ``holdout`` (≥ 2) picks every ``holdout``-th view for testing in ``.npz`` and LLFF scenes.
+    """
+    p = Path(path)
+    if holdout < 2:
+        raise MclnfError(f"{p}: holdout {holdout} must be at least 2")
+    if resize is not None and resize < 0:
+        raise MclnfError(f"{p}: resize {resize} must be a positive number of pixels (0 keeps the size)")
+    if not p.exists():
+        raise MclnfError(f"{p}: no such file or folder")
+    if p.is_dir():
+        if (p / "transforms_train.json").is_file():
+            images, poses, focal, near, far, train, test = _load_blender(p)
+        elif (p / "poses_bounds.npy").is_file():
+            images, poses, focal, near, far = _load_llff(p)
+            train, test = _holdout_split(p, len(images), holdout)
+        else:
+            raise MclnfError(f"{p}: not a scene folder (no transforms_train.json or poses_bounds.npy)")
+    elif p.suffix.lower() == ".npz":
+        images, poses, focal, near, far = _load_npz(p)
+        train, test = _holdout_split(p, len(images), holdout)
+    else:
+        raise MclnfError(f"{p}: unsupported scene format {p.suffix or '(no suffix)'}; expected a .npz file or a NeRF-synthetic/LLFF folder")
+
+    _check_scene(p, images, poses, focal, near, far)
+    images = composite_on_white(images)
+    if images.shape[-1] == 1:
+        images = images.expand(-1, -1, -1, 3)
+    if resize:
+        old_w = images.shape[2]
+        images = resize_longer_side(images, resize)
+        focal *= images.shape[2] / old_w
+    return PosedImages(
+        name=str(path),
+        images=images.float().contiguous(),
+        poses=poses.float().contiguous(),
+        focal=float(focal),
+        near=float(near),
+        far=float(far),
+        train=train,
+        test=test,
+    )
+
+
+def _holdout_split(p: Path, views: int, holdout: int) -> tuple[list[int], list[int]]:
+    test = list(range(0, views, holdout))
+    train = [i for i in range(views) if i % holdout]
+    if not train or not test:
+        raise MclnfError(f"{p}: {views} view(s) with holdout {holdout} leave no {'training' if not train else 'test'} views")
+    return train, test
+
+
+def _to_unit(p: Path, pixels: np.ndarray, what: str) -> torch.Tensor:
+    """uint8/uint16 or floats in [0, 1] → float32 tensor in [0, 1]."""
+    if pixels.dtype == np.uint8:
+        return torch.from_numpy(pixels.astype(np.float32) / 255.0)
+    if pixels.dtype == np.uint16:
+        return torch.from_numpy(pixels.astype(np.float32) / 65535.0)
+    if np.issubdtype(pixels.dtype, np.floating):
+        if not np.isfinite(pixels).all():
+            raise MclnfError(f"{p}: {what} contain NaN or infinite values")
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 1):
+            raise MclnfError(f"{p}: floating-point {what} must lie in [0, 1], found [{pixels.min():.3g}, {pixels.max():.3g}]")
+        return torch.from_numpy(pixels.astype(np.float32))
+    raise MclnfError(f"{p}: unsupported pixel type {pixels.dtype} of {what}")
+
+
+def _as_poses(p: Path, poses: np.ndarray, what: str = "poses") -> torch.Tensor:
+    """(V, 4, 4) or (V, 3, 4) camera-to-world matrices → (V, 4, 4) float32 tensor."""
+    if poses.ndim != 3 or poses.shape[1:] not in ((4, 4), (3, 4)):
+        raise MclnfError(f"{p}: {what} have shape {poses.shape}; expected (V, 4, 4) or (V, 3, 4)")
+    if not np.issubdtype(poses.dtype, np.number) or not np.isfinite(poses).all():
+        raise MclnfError(f"{p}: {what} contain NaN, infinite or non-numeric values")
+    if poses.shape[1] == 3:
+        bottom = np.broadcast_to(np.array([0, 0, 0, 1], dtype=poses.dtype), (poses.shape[0], 1, 4))
+        poses = np.concatenate([poses, bottom], 1)
+    return torch.from_numpy(poses.astype(np.float32))
+
+
+def _check_scene(p: Path, images: torch.Tensor, poses: torch.Tensor, focal: float, near: float, far: float) -> None:
+    if len(images) != len(poses):
+        raise MclnfError(f"{p}: {len(images)} images but {len(poses)} poses")
+    if not (math.isfinite(focal) and focal > 0):
+        raise MclnfError(f"{p}: focal length {focal} must be positive")
+    if not (math.isfinite(near) and math.isfinite(far)) or near < 0 or near >= far:
+        raise MclnfError(f"{p}: near {near} and far {far} must satisfy 0 <= near < far")
+
+
+def _scalar(p: Path, data, key: str) -> float:
+    value = np.asarray(data[key])
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+        raise MclnfError(f"{p}: '{key}' must be a single number, found shape {value.shape} of {value.dtype}")
+    return float(value.reshape(()))
+
+
+def _load_npz(p: Path):
+    if not p.is_file():
+        raise MclnfError(f"{p}: not a regular file")
+    if not zipfile.is_zipfile(p):
+        raise MclnfError(f"{p}: not a valid .npz file (not a zip archive)")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            keys = set(data.files)
+            image_key = "images_rgba" if "images_rgba" in keys else "images"
+            missing = [k for k in (image_key, "poses") if k not in keys]
+            if "focal" not in keys and "camera_angle_x" not in keys:
+                missing.append("focal (or camera_angle_x)")
+            if missing:
+                raise MclnfError(f"{p}: missing key(s) {', '.join(missing)}; found {', '.join(sorted(keys)) or 'none'}")
+            pixels, poses = np.asarray(data[image_key]), np.asarray(data["poses"])
+            if pixels.ndim != 4 or pixels.shape[-1] not in (3, 4) or 0 in pixels.shape:
+                raise MclnfError(f"{p}: '{image_key}' has shape {pixels.shape}; expected (V, H, W, 3) or (V, H, W, 4)")
+            if "focal" in keys:
+                focal = _scalar(p, data, "focal")
+            else:
+                focal = 0.5 * pixels.shape[2] / math.tan(0.5 * _scalar(p, data, "camera_angle_x"))
+            near = _scalar(p, data, "near") if "near" in keys else BLENDER_NEAR
+            far = _scalar(p, data, "far") if "far" in keys else BLENDER_FAR
+    except MclnfError:
+        raise
+    except Exception as e:  # zipfile, zlib and numpy raise many types for corrupt archives
+        raise MclnfError(f"{p}: not a valid .npz file ({type(e).__name__}: {_first_line(e)})") from None
+    return _to_unit(p, pixels, f"'{image_key}'"), _as_poses(p, poses), focal, near, far
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else "corrupt file"
+
+
+def _read_views(p: Path, files: list[Path]) -> torch.Tensor:
+    """The image files of a folder scene, same size, as (V, H, W, C) in [0, 1] (C in 1…4, alpha not composited)."""
+    views = []
+    for f in files:
+        if not f.is_file():
+            raise MclnfError(f"{p}: image file {f} is missing")
+        pixels = read_image(f)  # raises MclnfError naming f when unreadable
+        if views and pixels.shape != views[0][1].shape:
+            raise MclnfError(f"{p}: images of different sizes: {files[0].name} is {views[0][1].shape}, {f.name} is {pixels.shape}")
+        views.append((f, pixels))
+    return torch.stack([_to_unit(f, pixels, "pixels") for f, pixels in views])
+
+
+def _read_json(f: Path) -> dict:
+    try:
+        meta = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise MclnfError(f"{f}: malformed JSON ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MclnfError(f"{f}: cannot read ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
+        raise MclnfError(f"{f}: malformed transforms file: expected an object with a 'frames' list")
+    return meta
+
+
+def _load_blender(p: Path):
+    held_out = next((p / f"transforms_{s}.json" for s in ("test", "val") if (p / f"transforms_{s}.json").is_file()), None)
+    if held_out is None:
+        raise MclnfError(f"{p}: no held-out views (neither transforms_test.json nor transforms_val.json)")
+    files, matrices, angle = [], [], None
+    counts = []
+    for jf in (p / "transforms_train.json", held_out):
+        meta = _read_json(jf)
+        if not meta["frames"]:
+            raise MclnfError(f"{jf}: no frames")
+        if angle is None:
+            if "camera_angle_x" not in meta:
+                raise MclnfError(f"{jf}: missing key camera_angle_x")
+            try:
+                angle = float(meta["camera_angle_x"])
+            except (TypeError, ValueError):
+                raise MclnfError(f"{jf}: camera_angle_x {meta['camera_angle_x']!r} is not a number") from None
+            if not (math.isfinite(angle) and 0 < angle < math.pi):
+                raise MclnfError(f"{jf}: camera_angle_x {angle} must lie in (0, π)")
+        for i, frame in enumerate(meta["frames"]):
+            if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
+                raise MclnfError(f"{jf}: frame {i} needs file_path and transform_matrix")
+            name = Path(str(frame["file_path"]))
+            files.append(p / (name if name.suffix.lower() in SUFFIXES else name.with_name(name.name + ".png")))
+            try:
+                matrices.append(np.asarray(frame["transform_matrix"], dtype=np.float64))
+            except (TypeError, ValueError):
+                raise MclnfError(f"{jf}: frame {i}: transform_matrix is not a matrix of numbers") from None
+            if matrices[-1].shape not in ((4, 4), (3, 4)):
+                raise MclnfError(f"{jf}: frame {i}: transform_matrix has shape {matrices[-1].shape}; expected 4×4 or 3×4")
+        counts.append(len(meta["frames"]))
+    poses = _as_poses(p, np.stack([np.concatenate([m, [[0, 0, 0, 1]]]) if m.shape[0] == 3 else m for m in matrices]))
+    images = _read_views(p, files)
+    focal = 0.5 * images.shape[2] / math.tan(0.5 * angle)
+    train, test = list(range(counts[0])), list(range(counts[0], counts[0] + counts[1]))
+    return images, poses, focal, BLENDER_NEAR, BLENDER_FAR, train, test
+
+
+def _load_llff(p: Path):
+    f = p / "poses_bounds.npy"
+    try:
+        arr = np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise MclnfError(f"{f}: not a valid .npy file ({type(e).__name__}: {_first_line(e)})") from None
+    if arr.ndim != 2 or arr.shape[1] != 17 or arr.shape[0] == 0:
+        raise MclnfError(f"{f}: shape {arr.shape}; expected (N, 17): a 3×5 [R | t | hwf] and 2 depth bounds per view")
+    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+        raise MclnfError(f"{f}: contains NaN, infinite or non-numeric values")
+    arr = arr.astype(np.float64)
+    m, bounds = arr[:, :15].reshape(-1, 3, 5), arr[:, 15:]
+    # LLFF rotation columns [down, right, backwards] → OpenGL [right, up, backwards]
+    c2w = np.concatenate([m[:, :, 1:2], -m[:, :, 0:1], m[:, :, 2:4]], 2)
+    poses = _as_poses(f, c2w)
+    image_dir = p / "images"
+    if not image_dir.is_dir():
+        raise MclnfError(f"{p}: no images/ folder beside poses_bounds.npy")
+    files = sorted(q for q in image_dir.iterdir() if q.suffix.lower() in SUFFIXES)
+    if len(files) != len(arr):
+        raise MclnfError(f"{image_dir}: {len(files)} image(s) but poses_bounds.npy has {len(arr)} views")
+    images = _read_views(p, files)
+    hwf_h, hwf_f = m[0, 0, 4], m[0, 2, 4]
+    if hwf_h <= 0 or hwf_f <= 0:
+        raise MclnfError(f"{f}: image height {hwf_h:g} and focal {hwf_f:g} of the first view must be positive")
+    focal = hwf_f * images.shape[1] / hwf_h
+    return images, poses, focal, 0.9 * float(bounds.min()), float(bounds.max())
