@@ -61,8 +61,8 @@ def add_continual(sub) -> None:
     add_signal_field_options(p, "continual", auto=False)
     g = p.add_argument_group("task stream and learner")
     g.add_argument("--tasks", type=positive_int, default=4, help="number of tasks T")
-    g.add_argument("--split", choices=("patches", "resolution", "time", "space"), help="image: patches (default; T strips along x) or resolution (T = s² pixel-parity sub-images); video/audio: time; mesh: space (default T slabs along x)")
-    g.add_argument("--grid", type=positive_int, nargs="+", help="patches: ROWS COLS; space: GX GY GZ (product = --tasks)")
+    g.add_argument("--split", choices=("patches", "resolution", "time", "space", "views"), help="image: patches (default; T strips along x) or resolution (T = s² pixel-parity sub-images); video/audio: time; mesh: space (default T slabs along x); scene: space (blocks of the scene box, a view goes with its camera's block; default T slabs along x) or views (T groups of consecutive views)")
+    g.add_argument("--grid", type=positive_int, nargs="+", help="patches: ROWS COLS; space: GX GY GZ (product = --tasks; the MCL-NF paper's 4 scene blocks: 2 2 1)")
     g.add_argument("--learner", choices=(*LEARNERS, "all"), default="cl", help="ol (offline, all tasks at once), cl (fine-tuning), er (experience replay), ewc, mer (meta-experience replay), modular (one module per region), all")
     g.add_argument("--buffer-size", type=positive_int, default=d.buffer_size, help="er, mer: reservoir buffer size (samples)")
     g.add_argument("--replay-batch", type=positive_int, help="er, mer: replayed samples added to each batch (default: --batch-size)")
@@ -99,7 +99,7 @@ def add_meta_train(sub) -> None:
     g.add_argument("--method", choices=METHODS, default=o.method, help="mol (MAML on whole signals), maml-cl, oml, mcl-nf (modules from one meta-learned init), mcl-nf-fim (with the FIM loss)")
     g.add_argument("--meta-grad", choices=META_GRADS, default=o.meta_grad, help="second-order (MAML), first-order (FOMAML) or emcl (closed form λH²(θ₀ − θ_k), no second-order graph)")
     g.add_argument("--tasks", type=positive_int, default=o.tasks, help="tasks T each signal is split into (image: T strips; audio/video: T segments)")
-    g.add_argument("--split", choices=("patches", "resolution", "time"), help="the task split (default: the kind's)")
+    g.add_argument("--split", choices=("patches", "resolution", "time", "views"), help="the task split (default: the kind's; scene blocks: views)")
     g.add_argument("--inner-steps", type=positive_int, default=o.inner_steps, help="inner SGD steps k per task")
     g.add_argument("--inner-lr", type=float, default=o.inner_lr, help="inner SGD learning rate α")
     g.add_argument("--fim-lambda", type=float, default=o.fim_lambda, help="mcl-nf-fim: λ in w = 1 + λ gᵀF⁻¹g / P (mean weight 1 + λ)")
@@ -107,6 +107,7 @@ def add_meta_train(sub) -> None:
     g.add_argument("--emcl-lambda", type=float, default=o.emcl_lambda, help="emcl: strength λ of the proximal pull towards θ₀")
     g.add_argument("--emcl-beta", type=float, default=o.emcl_beta, help="emcl: moving-average rate of the importance h")
     g.add_argument("--oml-fast-layers", type=positive_int, default=o.oml_fast_layers, help="oml: top layers adapted in the inner loop")
+    g.add_argument("--task-batch", type=positive_int, help="samples of each task per outer step, drawn afresh each step (default: all; scenes: rays)")
     g = p.add_argument_group("outer loop")
     g.add_argument("--outer-steps", type=positive_int, default=d.outer_steps, help="outer (meta) steps")
     g.add_argument("--meta-batch", type=positive_int, default=d.meta_batch, help="signals per outer step (all processes together)")
@@ -116,7 +117,7 @@ def add_meta_train(sub) -> None:
     g.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, help="outer steps between checkpoints")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     add_dataset_options(p)
-    add_field_options(p, " (mcl-nf modules: width / √T)")
+    add_field_options(p, " (mcl-nf modules: width / √T)", kind_defaults=True)
     g = p.add_argument_group("run")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (--outer-steps may grow)")
     g.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
@@ -130,7 +131,9 @@ def add_dataset_options(p) -> None:
     g.add_argument("--train-list", help="a text file naming the meta-train files, one per line (with --test-list)")
     g.add_argument("--test-list", help="a text file naming the meta-test files, one per line")
     g.add_argument("--clip", type=float, help="audio: seconds, video: frames per clip; files are cut into consecutive clips")
+    g.add_argument("--block-views", type=positive_int, help="scene: views per block; the scene's training views are cut into blocks of cameras adjacent in azimuth (default 8)")
     add_loader_options(g)
+    add_scene_options(g)
 
 
 def add_loader_options(g) -> None:
@@ -143,6 +146,15 @@ def add_loader_options(g) -> None:
     g.add_argument("--duration", type=float, help="audio: length in seconds (default: to the end)")
     g.add_argument("--frames", type=int, help="video: number of frames (default: all)")
     g.add_argument("--start-frame", type=int, help="video: first frame (default 0)")
+
+
+def add_scene_options(g) -> None:
+    """How a scene of posed images is read and rendered (``fit``, ``continual``, ``meta-train``)."""
+    g.add_argument("--holdout", type=int, help="scene (.npz, LLFF): every N-th view is held out for evaluation (default 8)")
+    g.add_argument("--samples", type=int, help="scene: stratified samples per ray (default 64)")
+    g.add_argument("--importance", type=int, help="scene: extra samples per ray drawn from the first pass's weights (hierarchical sampling; default 0)")
+    g.add_argument("--scene-bound", type=float, help="scene: half-size of the scene box around its centre, world units (default: the box holding every sample of every training ray; NeRF-synthetic objects: 1.5)")
+    g.add_argument("--direction", choices=("angles", "vector"), help="scene: view direction as 2 angles (field input 5, default) or a unit vector (input 6)")
 
 
 def add_field_options(p, width_note: str = "", kind_defaults: bool = False) -> None:
@@ -237,11 +249,7 @@ def add_signal_field_options(p, command: str, auto: bool) -> None:
     g.add_argument("--points", type=int, help="occupancy: training points, 1/3 uniform and 2/3 near the surface (default 100000)")
     g.add_argument("--eval-points", type=int, help="occupancy: held-out points for IoU (default 100000)")
     g.add_argument("--resolution", type=int, help="occupancy: marching-cubes grid of the reconstruction (default 128)")
-    g.add_argument("--holdout", type=int, help="radiance (.npz, LLFF): every N-th view is held out for evaluation (default 8)")
-    g.add_argument("--samples", type=int, help="radiance: stratified samples per ray (default 64)")
-    g.add_argument("--importance", type=int, help="radiance: extra samples per ray drawn from the first pass's weights (hierarchical sampling; default 0)")
-    g.add_argument("--scene-bound", type=float, help="radiance: half-size of the scene box around its centre, world units (default: the box holding every sample of every training ray; NeRF-synthetic objects: 1.5)")
-    g.add_argument("--direction", choices=("angles", "vector"), help="radiance: view direction as 2 angles (field input 5, default) or a unit vector (input 6)")
+    add_scene_options(g)
     g = p.add_argument_group("run")
     if command == "fit":
         g.add_argument("--tensorboard", action="store_true", help="also log to --out/tensorboard")
@@ -288,6 +296,7 @@ def run_continual(a: argparse.Namespace) -> None:
 
 def run_render(a: argparse.Namespace) -> None:
     import dataclasses
+    from functools import partial
 
     from mclnf.checkpoint import load_field
     from mclnf.fit import write_reconstruction
@@ -303,7 +312,7 @@ def run_render(a: argparse.Namespace) -> None:
             raise MclnfError(f"--out {a.out}: a {layout.kind} field renders to {layout.suffix}, not {a.out.suffix or '(no suffix)'}")
         if not a.out.parent.is_dir():
             raise MclnfError(f"--out {a.out}: no such folder {a.out.parent}")
-    print(write_reconstruction(field, layout, a.out or run_dir / f"render{layout.suffix}"))
+    print(write_reconstruction(partial(layout.observe, field), layout, a.out or run_dir / f"render{layout.suffix}"))
 
 
 def add_cl_bench(sub) -> None:

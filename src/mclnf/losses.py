@@ -34,7 +34,8 @@ PER_SAMPLE: dict[str, Callable[[Tensor, Tensor], Tensor]] = {  # (N, C), (N, C) 
 FISHERS = ("kfac-diag", "diagonal")
 
 
-def fim_weights(inputs: list[Tensor], deltas: list[Tensor], lam: float, fisher: str = "kfac-diag", damping: float = 1e-3, mask: Tensor | None = None) -> Tensor:
+def fim_weights(inputs: list[Tensor], deltas: list[Tensor], lam: float, fisher: str = "kfac-diag", damping: float = 1e-3, mask: Tensor | None = None,
+                group: int = 1) -> Tensor:  # fmt: skip
     """Per-sample weights w_n = 1 + λ g_nᵀ F⁻¹ g_n / P of the Fisher-information-maximization loss (MCL-NF).
 
     g_n is sample n's gradient of its negative log-likelihood; for a linear layer l it is the outer
@@ -51,18 +52,28 @@ def fim_weights(inputs: list[Tensor], deltas: list[Tensor], lam: float, fisher: 
     the undamped diagonal Fisher the batch mean of gᵀF⁻¹g is exactly P, so mean w = 1 + λ.
     ``damping`` adds that fraction of each factor's mean (zero-error samples give g = 0, w = 1).
     ``mask`` (N,) marks real samples (padding: 0). The weights carry no gradient.
+
+    ``group`` > 1: a sample is ``group`` consecutive field evaluations (a ray's points), its gradient
+    the sum Σ_s δ_s ⊗ [a_s, 1] over them — formed per sample (N × out × (in + 1) per layer), with F
+    its exact diagonal whatever ``fisher`` says (K-FAC's factorization does not hold for sums).
     """
     if fisher not in FISHERS:
         raise MclnfError(f"--fisher {fisher}: unknown; choose one of {', '.join(FISHERS)}")
-    m = torch.ones(len(inputs[0]), dtype=inputs[0].dtype, device=inputs[0].device) if mask is None else mask.to(inputs[0].dtype)
+    N = len(inputs[0]) // group
+    m = torch.ones(N, dtype=inputs[0].dtype, device=inputs[0].device) if mask is None else mask.to(inputs[0].dtype)
     n = m.sum().clamp_min(1)
     q, P = 0.0, 0
     for a, d in zip(inputs, deltas):
-        a2 = torch.cat([a.detach().square(), torch.ones_like(a[:, :1])], 1)  # the bias's input is 1
-        d2 = d.detach().square()
+        a1 = torch.cat([a.detach(), torch.ones_like(a[:, :1])], 1)  # the bias's input is 1
+        a2, d2 = a1.square(), d.detach().square()
         P += a2.shape[1] * d2.shape[1]
         tiny = torch.finfo(a2.dtype).tiny
-        if fisher == "diagonal":
+        if group > 1:
+            g2 = torch.einsum("nso,nsi->noi", d.detach().reshape(N, group, -1), a1.reshape(N, group, -1)).square()
+            f = (g2 * m[:, None, None]).sum(0) / n
+            f = f + damping * f.mean() + tiny
+            q = q + (g2 / f).sum((1, 2))
+        elif fisher == "diagonal":
             f = (d2 * m[:, None]).T @ a2 / n  # (out, in + 1)
             f = f + damping * f.mean() + tiny
             q = q + ((d2 @ f.reciprocal()) * a2).sum(1)
@@ -74,25 +85,41 @@ def fim_weights(inputs: list[Tensor], deltas: list[Tensor], lam: float, fisher: 
 
 
 def fim_loss(forward: Callable[[Tensor, list[Tensor]], tuple[Tensor, list[Tensor]]], out_dims: list[int], x: Tensor, target: Tensor, lam: float,
-             loss: str = "mse", fisher: str = "kfac-diag", mask: Tensor | None = None) -> Tensor:  # fmt: skip
+             loss: str = "mse", fisher: str = "kfac-diag", mask: Tensor | None = None, observe: Callable | None = None) -> Tensor:  # fmt: skip
     """The FIM loss Σ_n w_n ℓ_n / Σ_n w_n (weights from :func:`fim_weights`, without gradient).
 
     ``forward(x, taps)`` is a field's forward with taps (``Field.forward``, or ``functional_call`` of
     it: this works inside ``torch.func`` transforms). One forward pass serves both the errors δ
     (a ``torch.func.vjp`` with respect to the taps: input gradients only) and the weighted loss, so a
     step costs one extra backward through the layers' inputs, not a second forward.
+
+    ``observe(field, x)`` (a layout's; radiance renders rays) makes the predictions from the field;
+    each sample is then the ``group`` field evaluations ``observe`` makes for it (:func:`fim_weights`).
     """
     per_sample = PER_SAMPLE[loss]
-    taps = [x.new_zeros(x.shape[0], d) for d in out_dims]
+    group = 1
+    if observe is not None:
+        calls = []
+        with torch.no_grad():  # how many field evaluations a sample takes (the sampling only, no field)
+            observe(lambda p: (calls.append(len(p)), p.new_zeros(len(p), out_dims[-1]))[1], x)
+        if len(calls) != 1 or calls[0] % len(x):
+            raise MclnfError("the FIM loss needs one field evaluation pass per prediction (scenes: --importance 0)")
+        group = calls[0] // len(x)
+    taps = [x.new_zeros(x.shape[0] * group, d) for d in out_dims]
 
     def losses(taps):
-        pred, inputs = forward(x, taps)
+        if observe is None:
+            pred, inputs = forward(x, taps)
+        else:
+            box = []
+            pred = observe(lambda p: (out := forward(p, taps), box.append(out[1]))[0][0], x)
+            inputs = box[0]
         ell = per_sample(pred, target)
         return ell, (ell, inputs)
 
     _, backprop, (ell, inputs) = torch.func.vjp(losses, taps, has_aux=True)
     deltas = backprop(torch.ones_like(ell))[0]
-    w = fim_weights(inputs, deltas, lam, fisher, mask=mask)
+    w = fim_weights(inputs, deltas, lam, fisher, mask=mask, group=group)
     if mask is not None:
         w = w * mask.to(w.dtype)
     return (w * ell).sum() / w.sum()

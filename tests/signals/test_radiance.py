@@ -169,3 +169,26 @@ def test_radiance_errors_name_the_option():
         load_signal(LEGO, scene_bound=-1.0)
     with pytest.raises(MclnfError, match="held-out views"):
         split_signal(load_signal(LEGO, resize=10, holdout=50), "space", 4, grid=(2, 2, 1))  # 2 held-out views for 4 blocks
+
+
+def test_modular_space_blocks_learn_alone_and_the_others_stay_bit_exact(lego):
+    from mclnf.continual.learners import LearnerOptions, build_learner
+
+    tasks = split_signal(lego, "space", 4, grid=(2, 2, 1))
+    config = FieldConfig(in_dim=5, out_dim=4, width=32, depth=3, activation="relu-pe", pe_frequencies=4)
+    learner = build_learner("modular", lego, tasks, config, LearnerOptions(lr=1e-3, batch_size=64))
+    learner.learn(tasks[0], 3, progress=False)
+    learner.learn(tasks[1], 3, progress=False)
+    after_two = {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
+    # the rays of task 2 cross every block, but only its module may move
+    learner.learn(tasks[2], 3, progress=False)
+    now = learner.model.state_dict()
+    for k, v in after_two.items():
+        assert torch.equal(now[k][:2], v[:2]), k  # modules 0 and 1: bit-exact
+    assert not torch.equal(now["layers.0.weight"][2], learner.init.layers[0].weight.reshape(now["layers.0.weight"][2].shape))
+    # a block no task has reached renders as empty space: a ray through it alone shows the white background
+    assert learner.model.num_modules == 3
+    ray = torch.tensor([[0.75, 0.75, 4.0, 0.0, 0.0, -1.0]])  # down the z axis inside block 3 (x > 0, y > 0)
+    with torch.no_grad():
+        assert torch.allclose(learner.forward(ray)[0], torch.ones(3), atol=1e-6)
+        assert not torch.allclose(learner.forward(ray * torch.tensor([-1.0, -1, 1, 1, 1, 1]))[0], torch.ones(3), atol=1e-3)  # block 0: learned

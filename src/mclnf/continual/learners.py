@@ -317,8 +317,8 @@ class Modular(Learner):
         self.hooks = [p.register_hook(lambda g, m=learns.to(p.device).reshape(-1, *[1] * (p.dim() - 1)): g * m) for p in self.model.parameters()]
         self.optimizer = self.new_optimizer()  # fresh: the modules that do not learn stay bit-exact
 
-    def field_at(self, x: Tensor) -> Tensor:
-        idx = route(x[:, : len(self.regions[0].region)], self.regions)
+    def routed(self, x: Tensor, idx: Tensor) -> Tensor:
+        """Module ``idx[n]`` on ``x[n]``; an index no module has yet: the shared initialization (radiance: empty space)."""
         if int(idx.max()) < self.model.num_modules:
             return self.model(x, idx)
         blank = self.layout.blank
@@ -328,6 +328,15 @@ class Modular(Learner):
             out[have] = self.model(x[have], idx[have])
         return out
 
+    def field_at(self, x: Tensor) -> Tensor:
+        return self.routed(x, route(x[:, : len(self.regions[0].region)], self.regions))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.regions[0].cameras is None:
+            return super().forward(x)
+        idx = route(self.layout.locate(x), self.regions)  # views split: a ray is rendered whole by its nearest camera's module
+        return self.layout.observe(lambda points: self.routed(points, idx.repeat_interleave(len(points) // len(x))), x)
+
     def load_state_dict(self, state: dict) -> None:
         while self.model.num_modules < state["model"]["layers.0.weight"].shape[0]:
             self.model.add_module(self.init)
@@ -336,7 +345,11 @@ class Modular(Learner):
 
 def split_of(tasks: list[Task]) -> str:
     """The split that made ``tasks`` (for cutting the same domain into K module regions)."""
-    return "resolution" if tasks[0].lattice is not None else default_split(tasks[0].kind)
+    if tasks[0].lattice is not None:
+        return "resolution"
+    if tasks[0].cameras is not None:
+        return "views"
+    return "space" if tasks[0].kind == "radiance" else default_split(tasks[0].kind)
 
 
 LEARNERS: dict[str, type[Learner]] = {c.name: c for c in (Offline, FineTune, Replay, EWC, MER, Modular)}

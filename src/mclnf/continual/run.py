@@ -64,7 +64,7 @@ def evaluate_stream(learner: Learner, signal: Signal, tasks: list[Task]) -> tupl
 
 def reconstruction_after_task(learner: Learner, signal: Signal, path: Path) -> str | None:
     try:
-        return write_reconstruction(learner.field_at, signal.layout, path).name
+        return write_reconstruction(learner.predict, signal.layout, path).name
     except MclnfError as e:  # e.g. an occupancy field with no surface yet
         print(f"warning: no reconstruction written to {path}: {e}", file=sys.stderr)
         return None

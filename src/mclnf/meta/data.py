@@ -5,7 +5,10 @@ A dataset is named by
 * ``lfw_subset`` — scikit-image's 200 gray 25 × 25 faces (the bundled default);
 * a folder — every supported file in it (sorted by name);
 * a glob pattern — e.g. ``'../shared/data/celeba_align/*.jpg'``;
-* one audio or video file cut into clips (``--clip``): its clips are split instead of files.
+* one audio or video file cut into clips (``--clip``): its clips are split instead of files;
+* one scene of posed images (``.npz``, a NeRF-synthetic or LLFF folder): its training views cut into
+  blocks of ``block_views`` cameras adjacent in azimuth (:func:`mclnf.signals.radiance.scene_blocks`);
+  the blocks are split instead of files (the MCL-NF paper's 70/30 split of a city's blocks).
 
 Files are split *before* they are cut into clips (so no clip of a meta-test file is seen in
 meta-training): a seeded permutation puts ``test_fraction`` of them (at least one) into meta-test,
@@ -24,7 +27,9 @@ from pathlib import Path
 import torch
 
 from mclnf.errors import MclnfError
-from mclnf.signals import SUFFIX_KIND, Signal, load_signal
+from mclnf.signals import SUFFIX_KIND, GridLayout, Signal, load_signal, signal_kind
+from mclnf.signals.radiance import scene_blocks
+from mclnf.signals.scenes import is_scene
 from mclnf.signals.image import image_signal
 
 BUILTIN_DATASETS = ("lfw_subset",)
@@ -48,12 +53,20 @@ class MetaDataset:
         """The values of every signal of ``split`` stacked: (S, N, C)."""
         return torch.stack([s.values for s in (self.train if split == "train" else self.test)])
 
+    def coords(self, split: str) -> torch.Tensor | None:
+        """The samples of every signal of ``split`` stacked (S, N, d); None when they are all the layout's own (grid signals)."""
+        if isinstance(self.layout, GridLayout):
+            return None
+        return torch.stack([s.coords for s in (self.train if split == "train" else self.test)])
+
 
 def dataset_files(source: str) -> list[str]:
     """The files a dataset spec names (module docstring), as absolute paths, sorted; ``lfw_subset`` gives item names."""
     if source in BUILTIN_DATASETS:
         return [f"lfw_subset[{i}]" for i in range(200)]
     p = Path(source)
+    if is_scene(p):  # one scene, cut into blocks of views
+        return [str(p.resolve())]
     if p.is_dir():
         files = sorted(str(f.resolve()) for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIX_KIND)
         what = f"folder {p}"
@@ -117,16 +130,19 @@ def cut_clips(signal: Signal, length: int | None) -> list[Signal]:
 
 
 def load_dataset(source: str, options: dict, test_fraction: float = 0.3, split_seed: int = 0, lists: tuple[str, str] | None = None,
-                 clip: float | int | None = None) -> MetaDataset:  # fmt: skip
+                 clip: float | int | None = None, block_views: int | None = None) -> MetaDataset:  # fmt: skip
     """Load a dataset (module docstring). ``options`` are the signal loader's (``resize``, ``crop``,
-    ``duration`` …, unset: None); ``clip`` is in seconds for audio, frames for video."""
+    ``duration`` …, unset: None); ``clip`` is in seconds for audio, frames for video; ``block_views``
+    the views of a scene's block (default 8)."""
     files = dataset_files(source)
-    kind = "image" if source in BUILTIN_DATASETS else SUFFIX_KIND[Path(files[0]).suffix.lower()]
+    kind = "image" if source in BUILTIN_DATASETS else signal_kind(files[0])
     if clip is not None and kind not in ("audio", "video"):
         raise MclnfError(f"--clip: only audio and video files are cut into clips, not {kind} files")
     if clip is not None and not clip > 0:
         raise MclnfError(f"--clip {clip}: must be positive")
-    if len(files) == 1 and (clip is None or kind not in ("audio", "video")):
+    if block_views is not None and kind != "radiance":
+        raise MclnfError(f"--block-views: only scenes are cut into blocks of views, not {kind} files")
+    if len(files) == 1 and kind != "radiance" and (clip is None or kind not in ("audio", "video")):
         raise MclnfError(f"{source}: a single file is a dataset only as an audio or video file cut into clips (--clip)")
     faces = None
     if source in BUILTIN_DATASETS:
@@ -140,10 +156,12 @@ def load_dataset(source: str, options: dict, test_fraction: float = 0.3, split_s
             sig = image_signal(faces[index][..., None], name, **{k: v for k, v in options.items() if k in ("resize", "crop", "gray", "pad") and v is not None})
             return [sig]
         sig = load_signal(name, **options)
+        if kind == "radiance":
+            return scene_blocks(sig, block_views or 8)
         length = None if clip is None else (round(clip * sig.layout.sample_rate) if kind == "audio" else int(clip))
         return cut_clips(sig, length)
 
-    if len(files) == 1:  # the clips of one file are split (they do not overlap in time)
+    if len(files) == 1:  # the clips (blocks) of one file are split (they do not overlap in time, or share no view)
         clips = {s.name: s for s in load(files[0])}
         if len(clips) < 2:
             raise MclnfError(f"--clip {clip}: {files[0]} gives {len(clips)} clip; a dataset needs at least 2")

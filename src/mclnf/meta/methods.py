@@ -48,7 +48,8 @@ from torch.func import functional_call, grad, vmap
 from mclnf.errors import MclnfError
 from mclnf.fields import Field, FieldConfig
 from mclnf.losses import FISHERS, PER_SAMPLE, fim_loss
-from mclnf.signals import Layout, Signal
+from mclnf.continual.learners import permutation
+from mclnf.signals import Layout
 from mclnf.signals.tasks import split_signal
 
 METHODS = ("mol", "maml-cl", "oml", "mcl-nf", "mcl-nf-fim")
@@ -71,6 +72,7 @@ class MetaOptions:
     emcl_lambda: float = 1.0  # emcl: λ of the proximal pull
     emcl_beta: float = 0.9  # emcl: moving-average rate of the importance h
     oml_fast_layers: int = 2  # oml: adapted (PLN) layers at the top
+    task_batch: int | None = None  # samples of each task per outer step, drawn afresh each step (None: all; scenes: rays)
     vmap: bool = True  # vmap the inner loops over the meta-batch (False: a Python loop; for benchmarks)
 
     def __post_init__(self):
@@ -80,7 +82,7 @@ class MetaOptions:
             raise MclnfError(f"--meta-grad {self.meta_grad}: unknown; choose one of {', '.join(META_GRADS)}")
         if self.fisher not in FISHERS:
             raise MclnfError(f"--fisher {self.fisher}: unknown; choose one of {', '.join(FISHERS)}")
-        for name in ("inner_steps", "tasks", "oml_fast_layers"):
+        for name in ("inner_steps", "tasks", "oml_fast_layers") + (("task_batch",) if self.task_batch is not None else ()):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MclnfError(f"--{name.replace('_', '-')} {value}: must be a positive integer")
@@ -95,9 +97,7 @@ class MetaOptions:
 
 def task_index(layout: Layout, split: str | None, tasks: int) -> tuple[Tensor, Tensor, list]:
     """Sample indices of every task of a signal with ``layout``, padded: (T, M) indices and mask, and the tasks."""
-    coords = layout.coords()
-    probe = Signal("layout", layout, coords, torch.zeros(len(coords), layout.out_dim))
-    stream = split_signal(probe, split, tasks)
+    stream = split_signal(layout.probe(), split, tasks)
     M = max(len(t.sample_index) for t in stream)
     idx = torch.zeros(len(stream), M, dtype=torch.long)
     mask = torch.zeros(len(stream), M)
@@ -108,9 +108,9 @@ def task_index(layout: Layout, split: str | None, tasks: int) -> tuple[Tensor, T
 
 
 def batched(fn: Callable, in_dims: tuple, use_vmap: bool) -> Callable:
-    """``vmap(fn, in_dims)``, or the same as a Python loop over the batch (outputs stacked)."""
+    """``vmap(fn, in_dims)`` (random draws independent per item: radiance's jitter), or the same as a Python loop over the batch (outputs stacked)."""
     if use_vmap:
-        return vmap(fn, in_dims=in_dims)
+        return vmap(fn, in_dims=in_dims, randomness="different")
 
     def loop(*args):
         n = next(a.shape[0] if isinstance(a, Tensor) else len(next(iter(a.values()))) for a, d in zip(args, in_dims) if d == 0)
@@ -134,7 +134,7 @@ class MetaMethod:
         with torch.random.fork_rng(devices=[]):
             self.template = Field(self.field_config)  # structure only; parameters come from θ₀
         self.idx, self.mask, self.stream = task_index(layout, opts.split, opts.tasks)
-        self.coords = layout.coords()
+        self.coords = layout.probe().coords  # every signal's, except a scene block's (its own rays: objective's ``coords``)
         names = [n for n, _ in self.template.named_parameters()]
         if opts.method == "oml":
             depth = self.field_config.depth
@@ -151,14 +151,14 @@ class MetaMethod:
         return {k: v.detach().clone() for k, v in Field(self.field_config).named_parameters()}
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
-        return functional_call(self.template, params, (x,))
+        return self.layout.observe(lambda points: functional_call(self.template, params, (points,)), x)
 
     # ---- losses --------------------------------------------------------------------------------
     def loss(self, params: Params, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
         """The (masked) loss of one task: mean over its real samples, FIM-weighted for mcl-nf-fim."""
         if self.opts.method == "mcl-nf-fim":
-            fwd = lambda x, taps: functional_call(self.template, params, (x,), {"taps": taps})  # noqa: E731
-            return fim_loss(fwd, self.template.out_dims, x, y, self.opts.fim_lambda, self.loss_name, self.opts.fisher, mask=m)
+            fwd = lambda p, taps: functional_call(self.template, params, (p,), {"taps": taps})  # noqa: E731
+            return fim_loss(fwd, self.template.out_dims, x, y, self.opts.fim_lambda, self.loss_name, self.opts.fisher, mask=m, observe=self.layout.observe)
         per = PER_SAMPLE[self.loss_name](self.forward(params, x), y)
         return (per * m).sum() / m.sum()
 
@@ -182,19 +182,35 @@ class MetaMethod:
         return fast, importance
 
     # ---- the meta-objective --------------------------------------------------------------------
-    def objective(self, theta0: Params, values: Tensor, count: int, h: Params | None = None) -> tuple[Tensor, Tensor, Params]:
-        """The outer objective of a meta-batch ``values`` (B, N, C): its gradient with respect to θ₀
-        is the meta-gradient summed over the batch's tasks and divided by ``count`` (the global
-        number of tasks, so that processes of one meta-batch add up). Returns it, the summed loss
-        after adaptation (for reporting) and the summed importance |g ⊙ θ₀| (for emcl's h)."""
+    def task_subset(self, seed: int, step: int) -> Tensor | None:
+        """Which ``task_batch`` of each task's samples outer step ``step`` uses: (T, R) positions in the
+        task's row of ``idx``, fixed by (seed, step); None when every sample is used."""
+        R = self.opts.task_batch
+        counts = self.mask.sum(1).long().tolist()
+        if R is None or R >= max(counts):
+            return None
+        return torch.stack([permutation(n, seed, step, t, 13).repeat(-(-R // n))[:R] for t, n in enumerate(counts)])
+
+    def objective(self, theta0: Params, values: Tensor, count: int, h: Params | None = None, coords: Tensor | None = None,
+                  subset: Tensor | None = None) -> tuple[Tensor, Tensor, Params]:  # fmt: skip
+        """The outer objective of a meta-batch ``values`` (B, N, C) at ``coords`` (B, N, d; default: every
+        signal at the layout's samples), on the ``subset`` of each task's samples (:meth:`task_subset`):
+        its gradient with respect to θ₀ is the meta-gradient summed over the batch's tasks and divided
+        by ``count`` (the global number of tasks, so that processes of one meta-batch add up). Returns
+        it, the summed loss after adaptation (for reporting) and the summed importance |g ⊙ θ₀| (for emcl's h)."""
         o = self.opts
         start = theta0 if o.meta_grad == "second-order" else {k: v.detach() for k, v in theta0.items()}
         fast0 = {k: start[k] for k in self.fast}
         hh = None if h is None else {k: h[k] for k in self.fast}
-        coords, idx, mask = self.coords.to(values), self.idx.to(values.device), self.mask.to(values)
+        B = values.shape[0]
+        coords = self.coords.to(values).expand(B, -1, -1) if coords is None else coords
+        idx, mask = self.idx.to(values.device), self.mask.to(values)
+        if subset is not None:
+            subset = subset.to(values.device)
+            idx, mask = idx.gather(1, subset), mask.gather(1, subset)
         if o.method.startswith("mcl-nf"):  # every (signal, task) pair on its own
-            B, (T, M) = values.shape[0], self.idx.shape
-            xs = coords[idx].expand(B, T, M, -1).reshape(B * T, M, -1)
+            T, M = idx.shape
+            xs = coords[:, idx].reshape(B * T, M, -1)
             ys = values[:, idx].reshape(B * T, M, -1)
             ms = mask.expand(B, T, M).reshape(B * T, M)
 
@@ -205,16 +221,17 @@ class MetaMethod:
             adapted, imp = batched(one, (0, 0, 0), o.vmap)(xs, ys, ms)
             outer_data = (xs, ys, ms)
         else:
-            x_all, m_all = coords, torch.ones_like(coords[:, 0])
-            stream = [(coords[i], i, m) for i, m in zip(idx, mask)]
+            if subset is None:  # the whole signal
+                x_all, y_all, m_all = coords, values, torch.ones_like(values[..., 0])
+            else:  # the union of the tasks' subsets
+                x_all, y_all, m_all = coords[:, idx.reshape(-1)], values[:, idx.reshape(-1)], mask.reshape(-1).expand(B, -1)
 
-            def one(y):
-                data = [(x, y[i], m) for x, i, m in stream] if o.method == "oml" else [(x_all, y, m_all)]
+            def one(x, y, xa, ya, ma):
+                data = [(x[i], y[i], m) for i, m in zip(idx, mask)] if o.method == "oml" else [(xa, ya, ma)]
                 return self.adapt(start, fast0, data, hh)
 
-            adapted, imp = batched(one, (0,), o.vmap)(values)
-            n = values.shape[0]
-            outer_data = (x_all.expand(n, *x_all.shape), values, m_all.expand(n, -1))
+            adapted, imp = batched(one, (0, 0, 0, 0, 0), o.vmap)(coords, values, x_all, y_all, m_all)
+            outer_data = (x_all, y_all, m_all)
         rest = {k: theta0[k] for k in theta0 if k not in self.fast}  # oml's representation: live θ₀
 
         def outer(fast, x, y, m):

@@ -105,7 +105,7 @@ class ModulesFromInit(Learner):
 
     def __init__(self, signal: Signal, tasks: list[Task], config: FieldConfig, opts: LearnerOptions, method: MetaMethod):
         self.method, self.fields, self.config = method, [], config
-        super().__init__(tasks, opts, lambda: Field(config), signal.layout.loss)
+        super().__init__(tasks, opts, lambda: Field(config), signal.layout.loss, layout=signal.layout)
         self.init = self.model
 
     def before_task(self, task: Task) -> None:
@@ -117,20 +117,24 @@ class ModulesFromInit(Learner):
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         o = self.method.opts
         if o.method == "mcl-nf-fim":
-            return fim_loss(self.current, self.current.out_dims, x, y, o.fim_lambda, self.likelihood, o.fisher)
-        return self.loss_of(self.current(x), y)
+            return fim_loss(self.current, self.current.out_dims, x, y, o.fim_lambda, self.likelihood, o.fisher, observe=self.layout.observe)
+        return self.loss_of(self.layout.observe(self.current, x), y)
 
     def after_task(self, task: Task) -> None:
         self.fields.append(self.current)
         self.model = ModularField.from_fields(self.fields)
 
-    def forward(self, x: Tensor) -> Tensor:
-        idx = route(x, self.tasks)
+    def routed(self, x: Tensor, idx: Tensor) -> Tensor:
         out = self.init(x)
         have = idx < len(self.fields)
         if bool(have.any()):
             out[have] = self.model(x[have], idx[have])
         return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Each sample through the module of its task (scene blocks: each ray rendered whole by the module of its nearest camera)."""
+        idx = route(self.layout.locate(x), self.tasks)
+        return self.layout.observe(lambda points: self.routed(points, idx.repeat_interleave(len(points) // len(x))), x)
 
 
 def make_learner(entry: MetaRun | str, signal: Signal, tasks: list[Task], cfg: MetaTestConfig, base: FieldConfig, batch: int) -> Learner:

@@ -33,11 +33,12 @@ from mclnf.continual.run import flat
 from mclnf.errors import DivergedError, MclnfError
 from mclnf.eval.plots import plot_meta_curve
 from mclnf.fields import FieldConfig
-from mclnf.fit import KIND_DEFAULTS, field_config, make_dir, prepare_out
+from mclnf.fit import DEFAULTS, KIND_DEFAULTS, field_config, make_dir, prepare_out
 from mclnf.meta.data import MetaDataset, load_dataset
 from mclnf.meta.methods import MetaMethod, MetaOptions
 
-LOADER_OPTIONS = ("resize", "crop", "gray", "pad", "start", "duration", "frames", "start_frame")
+LOADER_OPTIONS = ("resize", "crop", "gray", "pad", "start", "duration", "frames", "start_frame", "holdout", "samples", "importance", "scene_bound", "direction")
+META_TASK_BATCH = {"radiance": 256}  # rays of each task per outer step: a block's tasks hold thousands
 RESUMABLE = ("outer_steps", "checkpoint_every", "resume", "overwrite", "progress", "out")
 
 
@@ -45,10 +46,10 @@ RESUMABLE = ("outer_steps", "checkpoint_every", "resume", "overwrite", "progress
 class MetaTrainConfig:
     dataset: str = "lfw_subset"
     out: Path | None = None
-    # field
-    activation: str = "sine"
-    width: int = 256
-    depth: int = 5
+    # field (None: the kind's default, as mclnf fit's)
+    activation: str | None = None
+    width: int | None = None
+    depth: int | None = None
     omega0: float | None = None
     first_omega0: float | None = None
     sigma: float | None = None
@@ -64,6 +65,12 @@ class MetaTrainConfig:
     frames: int | None = None
     start_frame: int | None = None
     clip: float | None = None
+    block_views: int | None = None
+    holdout: int | None = None
+    samples: int | None = None
+    importance: int | None = None
+    scene_bound: float | None = None
+    direction: str | None = None
     test_fraction: float = 0.3
     split_seed: int = 0
     train_list: str | None = None
@@ -94,7 +101,17 @@ class MetaTrainConfig:
     def load(self) -> MetaDataset:
         lists = None if self.train_list is None else (self.train_list, self.test_list)
         opts = {k: getattr(self, k) for k in LOADER_OPTIONS if getattr(self, k) not in (None, False)}
-        return load_dataset(self.dataset, opts, self.test_fraction, self.split_seed, lists, self.clip)
+        return load_dataset(self.dataset, opts, self.test_fraction, self.split_seed, lists, self.clip, self.block_views)
+
+    def with_kind_defaults(self, kind: str) -> MetaTrainConfig:
+        """Unset field options (and scenes' task batch) filled with the signal kind's defaults, as ``mclnf fit`` does."""
+        d = {**DEFAULTS, **KIND_DEFAULTS.get(kind, {})}
+        cfg = dataclasses.replace(self, **{k: d[k] for k in ("activation", "width", "depth") if getattr(self, k) is None})
+        if cfg.activation == "gaussian" and cfg.sigma is None and "sigma" in d:
+            cfg = dataclasses.replace(cfg, sigma=d["sigma"])
+        if cfg.options.task_batch is None and kind in META_TASK_BATCH:
+            cfg = dataclasses.replace(cfg, options=dataclasses.replace(cfg.options, task_batch=META_TASK_BATCH[kind]))
+        return cfg
 
     def field_config(self, ds: MetaDataset) -> FieldConfig:
         first = self.first_omega0
@@ -138,6 +155,7 @@ def meta_train(cfg: MetaTrainConfig) -> dict:
     init_distributed(cfg.device)
     rank, size = world()
     ds = cfg.load()  # every input error before the output folder is touched
+    cfg = cfg.with_kind_defaults(ds.layout.kind)
     if cfg.meta_batch > len(ds.train):
         raise MclnfError(f"--meta-batch {cfg.meta_batch}: larger than the {len(ds.train)} meta-train signals")
     if cfg.meta_batch % size:
@@ -167,11 +185,14 @@ def meta_train(cfg: MetaTrainConfig) -> dict:
                 theta[k].copy_(v)
         optimizer.load_state_dict(ck["optimizer"])
         h = {k: v.to(device) for k, v in ck["importance"].items()}
+        torch.set_rng_state(ck["rng"])  # scenes: the stratified jitter of the steps to come
         start, elapsed, curve = ck["step"], ck["elapsed"], ck["curve"]
     if rank == 0:
         make_dir(out)
 
     values = ds.values("train").to(device)
+    coords = ds.coords("train")
+    coords = None if coords is None else coords.to(device)
     per_signal = cfg.options.tasks if cfg.options.method.startswith("mcl-nf") else 1
     count = cfg.meta_batch * per_signal  # tasks in the global meta-batch
     lo, hi = rank * cfg.meta_batch // size, (rank + 1) * cfg.meta_batch // size
@@ -183,14 +204,15 @@ def meta_train(cfg: MetaTrainConfig) -> dict:
             save_init(out / "init.safetensors", theta, method, cfg, ds, step)
             save_checkpoint(out / "checkpoint.pt", {"config": cfg.to_dict(), "step": step, "elapsed": elapsed, "curve": curve,
                                                     "theta": {k: v.detach().cpu() for k, v in theta.items()}, "optimizer": optimizer.state_dict(),
-                                                    "importance": {k: v.cpu() for k, v in h.items()}})  # fmt: skip
+                                                    "importance": {k: v.cpu() for k, v in h.items()}, "rng": torch.get_rng_state()})  # fmt: skip
 
     try:
         for step in range(start + 1, cfg.outer_steps + 1):
             t0 = perf_counter()
             batch = meta_batch(len(ds.train), cfg.meta_batch, cfg.seed, step)[lo:hi].to(device)
             optimizer.zero_grad(set_to_none=True)
-            obj, loss_sum, importance = method.objective(theta, values[batch], count, h)
+            subset = method.task_subset(cfg.seed, step)
+            obj, loss_sum, importance = method.objective(theta, values[batch], count, h, None if coords is None else coords[batch], subset)
             obj.backward()
             stats = torch.cat([loss_sum.reshape(1)] + [importance[k].reshape(-1) for k in method.fast])
             if size > 1:

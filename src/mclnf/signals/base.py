@@ -52,7 +52,8 @@ class Layout(ABC):
 
     @abstractmethod
     def reconstruct(self, predict: Predict) -> Any:
-        """The signal in its own form (an image array, a waveform, frames, a mesh) from a field."""
+        """The signal in its own form (an image array, a waveform, frames, a mesh, rendered views) from
+        ``predict``, which maps the signal's samples to values (a field observed through :meth:`observe`)."""
 
     @abstractmethod
     def save(self, native: Any, path: Path) -> None:
@@ -74,7 +75,12 @@ class Layout(ABC):
         """:meth:`observe` on many samples, in chunks, without gradients."""
         return predict_in_chunks(lambda x: self.observe(field, x), coords, self.chunk)
 
-    def extra_outputs(self, predict: Predict, signal: Signal, out: Path) -> list[str]:
+    def probe(self) -> Signal:
+        """A signal of this layout whose samples stand for every signal's (values zero): how task splits index them."""
+        coords = self.coords()
+        return Signal("layout", self, coords, torch.zeros(len(coords), self.out_dim))
+
+    def extra_outputs(self, field: Predict, signal: Signal, out: Path) -> list[str]:
         """Outputs beyond the reconstruction that a run writes into ``out`` (their names); none here."""
         return []
 

@@ -11,13 +11,15 @@ depths on the part of [near, far] inside the scene box (jittered while gradients
 training; strata centres in evaluation), plus ``importance`` depths drawn from the first pass's weights
 (hierarchical sampling with the same field, as mip-NeRF), composited over a white background.
 
-Scene box (default): centred on the point nearest to every training camera's optical axis, with
-the half-size of the smallest such cube that holds every sample of every training ray
+Scene box (default): centred on the point nearest to every training camera's optical axis; its
+half-size (:func:`default_bound`) that of the ball about the centre every camera sees whole when
+they all look at it (lego: 1.37), else the cube that holds every sample of every training ray
 (``scene_bound`` sets it; NeRF-synthetic objects lie within 1.5).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +36,10 @@ from mclnf.signals.base import Layout, Predict, Signal, predict_in_chunks
 from mclnf.signals.rays import box_segment, camera_rays, cell_borders, composite, sample_pdf, stratified
 
 DIRECTIONS = ("angles", "vector")
-POINTS_PER_CHUNK = 2**18  # field evaluations per chunk when rendering without gradients
+POINTS_PER_CHUNK = 2**14  # field evaluations per chunk when rendering without gradients (small: the activations stay in cache)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RadianceLayout(Layout):
     """One scene's cameras (held-out poses flattened in ``views``, V·16 numbers), box and renderer settings."""
 
@@ -53,13 +55,20 @@ class RadianceLayout(Layout):
     samples: int = 64
     importance: int = 0
     direction: str = "angles"
-    turntable_frames: int = 40
+    turntable_frames: int = 24
+    jitter: bool = True  # stratified depths drawn at random while training (False: strata centres always; deterministic)
+    block_views: int = 0  # views per signal when a scene is cut into blocks of views (a meta-learning dataset); 0: a whole scene
 
     kind = "radiance"
     loss = "mse"
     primary_metric = "psnr"
     suffix = ".png"
     blank = (-30.0, 0.0, 0.0, 0.0)  # a field output for empty space: σ = softplus(−30) ≈ 1e−13
+
+    def __repr__(self) -> str:  # the poses would fill a screen
+        return (f"RadianceLayout({self.height}×{self.width}, focal {self.focal:.6g}, near {self.near:g}, far {self.far:g}, box {self.bound:.4g} about "
+                f"({', '.join(f'{c:.3g}' for c in self.center)}), {len(self.views) // 16} held-out views, {self.samples}+{self.importance} samples, "
+                f"direction {self.direction}, block of {self.block_views} views)")  # fmt: skip
 
     @property
     def in_dim(self) -> int:
@@ -76,6 +85,11 @@ class RadianceLayout(Layout):
     @property
     def poses(self) -> Tensor:
         return torch.tensor(self.views, dtype=torch.float32).reshape(-1, 4, 4)
+
+    def probe(self) -> Signal:
+        """A stand-in block of ``block_views`` views (zero rays): what task splits of a block are, by sample index."""
+        n = self.block_views * self.height * self.width
+        return Signal("layout", self, torch.zeros(n, 6), torch.zeros(n, 3))
 
     # ---- the observation model ---------------------------------------------------------------
     def locate(self, coords: Tensor) -> Tensor:
@@ -101,8 +115,8 @@ class RadianceLayout(Layout):
 
     def render(self, field: Predict, rays: Tensor, jitter: bool | None = None) -> dict[str, Tensor]:
         """Volume rendering of rays (N, 6) through ``field``: ``rgb`` (N, 3), ``depth``, ``acc`` (module
-        docstring); ``jitter`` defaults to whether gradients are on (training)."""
-        jitter = torch.is_grad_enabled() if jitter is None else jitter
+        docstring); ``jitter`` defaults to the layout's, while gradients are on (training)."""
+        jitter = self.jitter and torch.is_grad_enabled() if jitter is None else jitter
         origins, dirs = rays[:, :3], rays[:, 3:]
         t0, t1 = box_segment(origins, dirs, origins.new_tensor(self.center), self.bound, self.near, self.far)
         t = stratified(t0, t1, self.samples, jitter)
@@ -129,45 +143,42 @@ class RadianceLayout(Layout):
         psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
         return {"psnr": float(psnr.mean()), "ssim": float(structural_similarity_index_measure(p, t, data_range=1.0))}
 
-    def render_views(self, field: Predict, poses: Tensor) -> tuple[Tensor, Tensor]:
-        """Images (V, H, W, 3) and depth maps (V, H, W) of the field seen from camera poses (V, 4, 4)."""
-        rgb, depth = [], []
-        for pose in poses:
-            o, d = camera_rays(self.height, self.width, self.focal, pose)
-            rays = torch.cat([o, d], -1)
-            out = predict_in_chunks(lambda r: torch.cat([(x := self.render(field, r, jitter=False))["rgb"], x["depth"][:, None]], -1), rays, self.chunk)
-            rgb.append(out[:, :3].reshape(self.height, self.width, 3))
-            depth.append(out[:, 3].reshape(self.height, self.width))
-        return torch.stack(rgb), torch.stack(depth)
+    def view_rays(self, poses: Tensor) -> list[Tensor]:
+        """The rays (H·W, 6) of each camera pose (V, 4, 4)."""
+        return [torch.cat(camera_rays(self.height, self.width, self.focal, pose), -1) for pose in poses]
 
-    def reconstruct(self, predict: Predict) -> dict[str, Tensor]:
-        """The held-out views and their depth maps as the field renders them."""
-        rgb, depth = self.render_views(predict, self.poses)
-        return {"rgb": rgb, "depth": depth}
+    def render_views(self, predict: Predict, poses: Tensor) -> Tensor:
+        """Images (V, H, W, C) that ``predict`` (rays → values: the field observed, or a learner's prediction) gives for camera poses (V, 4, 4)."""
+        return torch.stack([predict_in_chunks(predict, rays, self.chunk).reshape(self.height, self.width, -1) for rays in self.view_rays(poses)])
+
+    def reconstruct(self, predict: Predict) -> Tensor:
+        """The held-out views (V, H, W, 3) as ``predict`` (rays → RGB) renders them."""
+        return self.render_views(predict, self.poses)
+
+    def save(self, native: Tensor, path: Path) -> None:
+        """One PNG: the rendered held-out views side by side, 8 a row."""
+        iio.imwrite(path, tile([native]), extension=".png")
 
     def depth_colors(self, depth: Tensor) -> Tensor:
-        """Depth maps (…, H, W) → RGB in [0, 1] (matplotlib's turbo over the box's depth range; near is red)."""
+        """Depth maps (…, H, W) → RGB in [0, 1] (matplotlib's turbo over the box's depth range seen from the cameras; near is red)."""
         from matplotlib import colormaps
 
-        dist = float(torch.tensor(self.views).reshape(-1, 4, 4)[:, :3, 3].sub(torch.tensor(self.center)).norm(dim=-1).mean())
+        dist = float((self.poses[:, :3, 3] - torch.tensor(self.center)).norm(dim=-1).mean())
         lo, hi = max(self.near, dist - self.bound * math.sqrt(3)), min(self.far, dist + self.bound * math.sqrt(3))
         x = ((hi - depth) / max(hi - lo, 1e-9)).clamp(0, 1).cpu().numpy()
         return torch.from_numpy(colormaps["turbo"](x)[..., :3]).float()
 
-    def save(self, native: dict[str, Tensor], path: Path) -> None:
-        """One PNG: the rendered held-out views in a row (8 a row at most), their depth maps below."""
-        iio.imwrite(path, tile([native["rgb"], self.depth_colors(native["depth"])]), extension=".png")
-
-    def extra_outputs(self, predict: Predict, signal: Signal, out: Path) -> list[str]:
-        """``views_vs_truth.png`` (held-out views: truth above, rendering below) and ``turntable.mp4``
-        (a circle around the scene at the cameras' mean distance and elevation)."""
+    def extra_outputs(self, field: Predict, signal: Signal, out: Path) -> list[str]:
+        """``views_vs_truth.png`` (held-out views: truth, rendering and depth map, band by band) and ``turntable.mp4``
+        (a circle around the scene at the held-out cameras' mean distance and elevation)."""
         from mclnf.checkpoint import atomic_path
 
-        rgb, _ = self.render_views(predict, self.poses)
+        both = lambda rays: torch.cat([(r := self.render(field, rays, jitter=False))["rgb"], r["depth"][:, None]], -1)  # noqa: E731
+        views = self.render_views(both, self.poses)
         truth = self.as_views(signal.eval_values).permute(0, 2, 3, 1)
         with atomic_path(out / "views_vs_truth.png") as tmp:
-            iio.imwrite(tmp, tile([truth, rgb]), extension=".png")
-        frames, _ = self.render_views(predict, turntable_poses(self, self.turntable_frames))
+            iio.imwrite(tmp, tile([truth, views[..., :3], self.depth_colors(views[..., 3])]), extension=".png")
+        frames = self.render_views(lambda rays: self.observe(field, rays), turntable_poses(self, self.turntable_frames))
         frames = (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")  # yuv420p: even sizes
         with atomic_path(out / "turntable.mp4") as tmp:
@@ -220,11 +231,27 @@ def axes_center(poses: Tensor) -> Tensor:
     return torch.linalg.solve(P.sum(0) + ridge * torch.eye(3, dtype=torch.float64), (P @ c[:, :, None]).sum(0)[:, 0] + ridge * c.mean(0)).float()
 
 
+def default_bound(rays: Tensor, poses: Tensor, center: Tensor, focal: float, height: int, width: int, near: float, far: float) -> float:
+    """The scene box's default half-size: for cameras that all look at the centre (an object captured
+    all around), the radius of the largest ball about it that every camera sees whole — D·sin(half the
+    narrower field of view), D the nearest camera's distance; otherwise (forward-facing captures) the
+    cube that holds every sample of every training ray."""
+    o, d = rays[:, :3], rays[:, 3:]
+    every_sample = float((torch.cat([o + near * d, o + far * d]) - center).abs().max())
+    to_center = center - poses[:, :3, 3]
+    dist = to_center.norm(dim=-1)
+    facing = F.cosine_similarity(to_center, -poses[:, :3, 2], dim=-1)
+    half_fov = math.atan(min(height, width) / 2 / focal)
+    if bool((facing > math.cos(half_fov)).all()) and float(dist.min()) > near:
+        return min(every_sample, float(dist.min()) * math.sin(half_fov))
+    return every_sample
+
+
 def rays_of(images: Tensor, poses: Tensor, focal: float) -> tuple[Tensor, Tensor]:
     """Rays (V·H·W, 6) and their pixels (V·H·W, 3) of views (V, H, W, 3) with poses (V, 4, 4)."""
     V, H, W, _ = images.shape
     rays = [torch.cat(camera_rays(H, W, focal, pose), -1) for pose in poses]
-    return (torch.cat(rays) if rays else torch.zeros(0, 6)), images.reshape(-1, 3)
+    return torch.cat(rays), images.reshape(-1, 3)
 
 
 def load_radiance(
@@ -248,10 +275,8 @@ def load_radiance(
     center = axes_center(train)
     rays, pixels = rays_of(scene.images[scene.train], train, scene.focal)
     eval_rays, eval_pixels = rays_of(scene.images[scene.test], test, scene.focal)
-    if scene_bound is None:  # every sample of every training ray: the frustums' corners at near and far
-        o, d = rays[:, :3], rays[:, 3:]
-        ends = torch.cat([o + scene.near * d, o + scene.far * d])
-        scene_bound = float((ends - center).abs().max())
+    if scene_bound is None:
+        scene_bound = default_bound(rays, train, center, scene.focal, H, W, scene.near, scene.far)
     up = F.normalize(train[:, :3, 1].mean(0), dim=0)
     layout = RadianceLayout(
         height=H, width=W, focal=float(scene.focal), near=float(scene.near), far=float(scene.far),
@@ -259,3 +284,24 @@ def load_radiance(
         views=tuple(float(v) for v in test.reshape(-1)), samples=samples, importance=importance, direction=direction,
     )  # fmt: skip
     return Signal(name=str(path), layout=layout, coords=rays, values=pixels, eval_coords=eval_rays, eval_values=eval_pixels)
+
+
+def scene_blocks(signal: Signal, views: int) -> list[Signal]:
+    """A scene's training views cut into blocks of ``views`` cameras adjacent in azimuth about the scene's
+    up axis (the last, incomplete block is dropped): the signals of a meta-learning dataset, each
+    evaluated on its own views, all with the scene's layout (their reconstructions: its held-out views)."""
+    layout = signal.layout
+    per_view = layout.height * layout.width
+    n_views = len(signal) // per_view
+    if not 1 <= views <= n_views // 2:
+        raise MclnfError(f"--block-views {views}: {signal.name} has {n_views} training views; a block needs at least 1 and a dataset at least 2 blocks")
+    cams, up = layout.locate(signal.coords[::per_view]), torch.tensor(layout.up)
+    e1 = F.normalize(cams[0] - (cams[0] @ up) * up, dim=0)
+    azimuth = torch.atan2(cams @ torch.linalg.cross(up, e1), cams @ e1)
+    order = torch.argsort(azimuth)
+    block_layout = dataclasses.replace(layout, block_views=views)
+    out = []
+    for k in range(n_views // views):
+        idx = (order[k * views : (k + 1) * views, None] * per_view + torch.arange(per_view)).reshape(-1)
+        out.append(Signal(f"{signal.name}#block{k}", block_layout, signal.coords[idx], signal.values[idx]))
+    return out

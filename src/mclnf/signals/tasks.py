@@ -11,9 +11,13 @@ Splits per kind (the first is the default when ``split`` is ``None``):
 * audio — ``time``: T consecutive segments.
 * occupancy — ``space``: blocks of [-1, 1]³ (``grid=(gx, gy, gz)``, default ``(T, 1, 1)``: T slabs
   along x), equal in size; training and held-out points go to the block that contains them.
-* radiance — ``space``: the same blocks of the scene box; a ray goes with its camera (the view's
-  centre, ``RadianceLayout.locate``) to the block that holds it or, outside the box, the nearest one —
-  a scene captured block by block. Every sample along a ray still goes to the module of its own block.
+* radiance — ``views`` (default): T groups of consecutive views (the capture's order); a held-out
+  view goes with the task of the nearest training camera, and so does any ray in :func:`route`
+  (``Task.cameras``): a module of such a stream renders whole rays, as Block-NeRF's block models.
+  ``space`` (the default when a ``grid`` is given): the occupancy blocks of the scene box; a ray goes
+  with its camera (``RadianceLayout.locate``) to the block that holds it or, outside the box, the
+  nearest one — a scene captured block by block — while every sample along a ray is routed to the
+  module of its own block (Mega-NeRF / Switch-NeRF style).
 
 Conventions
 -----------
@@ -46,8 +50,8 @@ from torch import Tensor
 from mclnf.errors import MclnfError
 from mclnf.signals.base import GridLayout, Layout, Signal
 
-SPLITS = {"image": ("patches", "resolution"), "video": ("time",), "audio": ("time",), "occupancy": ("space",), "radiance": ("space",)}
-ALL_SPLITS = ("patches", "resolution", "time", "space")
+SPLITS = {"image": ("patches", "resolution"), "video": ("time",), "audio": ("time",), "occupancy": ("space",), "radiance": ("views", "space")}
+ALL_SPLITS = ("patches", "resolution", "time", "space", "views")
 Region = tuple[tuple[float, float], ...]
 
 
@@ -68,6 +72,7 @@ class Task(Signal):
     region: Region
     lattice: tuple[tuple[int, int], ...] | None = None
     eval_layout: Layout | None = None
+    cameras: Tensor | None = None  # views split: the centres of the task's cameras (field coordinates)
 
     def metrics(self, pred: Tensor) -> dict[str, float]:
         """Quality of ``pred`` on the task's evaluation samples (e.g. PSNR, SSIM of the strip)."""
@@ -88,7 +93,8 @@ def default_split(kind: str) -> str:
 def split_signal(signal: Signal, split: str | None = None, tasks: int = 4, grid: tuple[int, ...] | None = None) -> list[Task]:
     """Split ``signal`` into ``tasks`` tasks (see the module docstring); ``split=None``: the kind's default."""
     kind = signal.kind
-    split = default_split(kind) if split is None else split
+    if split is None:
+        split = "space" if grid is not None and "space" in SPLITS.get(kind, ()) else default_split(kind)
     if split not in ALL_SPLITS:
         raise MclnfError(f"--split {split}: unknown split; expected one of {', '.join(ALL_SPLITS)}")
     if split not in SPLITS.get(kind, ()):
@@ -116,6 +122,8 @@ def split_signal(signal: Signal, split: str | None = None, tasks: int = 4, grid:
         return _split_grid(signal, pieces, (what,) + ("",) * (len(pieces) - 1))
     if split == "resolution":
         return _split_resolution(signal, tasks)
+    if split == "views":
+        return _split_views(signal, tasks)
     return _split_space(signal, tuple(grid or (tasks, 1, 1)))
 
 
@@ -220,6 +228,29 @@ def _split_space(signal: Signal, grid: tuple[int, ...]) -> list[Task]:
     return [_task(signal, index, idx, region, eval_idx=eval_idx) for index, (region, (idx, eval_idx)) in enumerate(zip(regions, parts))]
 
 
+def _split_views(signal: Signal, tasks: int) -> list[Task]:
+    layout = signal.layout
+    per_view = layout.height * layout.width
+    n_views = len(signal) // per_view
+    if tasks > n_views:
+        raise MclnfError(f"--tasks {tasks}: {signal.name} has only {n_views} training views; a task would be empty")
+    cams, groups = layout.locate(signal.coords[::per_view]), _pieces(n_views, tasks)
+    owner = torch.cat([torch.full((e - s,), k) for k, (s, e) in enumerate(groups)])
+    pixels = torch.arange(per_view)
+    held = owner if signal.eval_coords is signal.coords else owner[torch.cdist(layout.locate(signal.eval_coords[::per_view]), cams).argmin(1)]
+    out = []
+    for index, (s, e) in enumerate(groups):
+        idx = (torch.arange(s, e)[:, None] * per_view + pixels).reshape(-1)
+        eval_idx = idx if held is owner else (torch.nonzero(held == index)[:, 0, None] * per_view + pixels).reshape(-1)
+        if len(eval_idx) == 0:
+            raise MclnfError(f"--tasks {tasks}: no held-out view is nearest to task {index}'s cameras; a task would have nothing to evaluate (use fewer --tasks or a smaller --holdout)")
+        region = tuple(zip(cams[s:e].amin(0).tolist(), cams[s:e].amax(0).tolist()))
+        task = _task(signal, index, idx, region, eval_idx=eval_idx)
+        task.cameras = cams[s:e]
+        out.append(task)
+    return out
+
+
 @dataclass(frozen=True)
 class _Box:
     region: Region
@@ -241,6 +272,10 @@ def route(coords: Tensor, tasks: list, chunk: int = 65536) -> Tensor:
     d = len(tasks[0].region)
     if coords.ndim != 2 or coords.shape[1] != d or any(len(t.region) != d for t in tasks):
         raise MclnfError(f"route: coordinates of shape {tuple(coords.shape)} do not match regions of dimension {d}")
+    if getattr(tasks[0], "cameras", None) is not None:  # views split: the task of the nearest camera
+        cams = torch.cat([t.cameras for t in tasks]).to(coords)
+        owner = torch.cat([torch.full((len(t.cameras),), k, device=coords.device) for k, t in enumerate(tasks)])
+        return owner[torch.cdist(coords.detach(), cams).argmin(1)] if len(coords) else owner[:0]
     lattices = [getattr(t, "lattice", None) for t in tasks]
     if any(lat is not None for lat in lattices):
         if any(lat is None for lat in lattices):

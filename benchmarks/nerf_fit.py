@@ -1,0 +1,171 @@
+"""NeRF fitting on lego: held-out PSNR against training minutes, and the training step's throughput.
+
+    python benchmarks/nerf_fit.py quality     [--minutes 20] [--scene lego_100.npz] [--runs adam-gaussian esgd-gaussian adam-relu-pe]
+    python benchmarks/nerf_fit.py throughput  [--seconds 20]
+
+quality
+    ``mclnf fit`` on the scene with its defaults (100 × 100 views, every 8th held out: 87 training
+    and 13 held-out views; 64 stratified samples per ray in the scene box; 1024 rays a step; a 4 × 128
+    field) for a training-time budget each: the steps the budget holds at the step time of a 20-step
+    probe, evaluated at fit's log-spaced steps (1, 2, 4, …, the last; outside the timed region). Runs: ``adam-gaussian``
+    (Adam 1e-3, σ 0.1), ``esgd-gaussian`` (ESGD 0.15, the preconditioner paper's rate), ``adam-relu-pe``
+    (Adam 1e-3, L 8: the original NeRF's ReLU + positional encoding). Prints the held-out PSNR at every
+    evaluation, the minutes to 22 dB, and the ratio of each run's time to reach Adam-gaussian's final
+    PSNR to Adam-gaussian's own time; writes ``psnr_vs_minutes.png``.
+
+throughput
+    One training step (render 1024 rays × 64 samples through the field, MSE, backward, Adam) of the
+    default field: rays/s and GFLOP/s of the field's linear layers (6 FLOP per weight per point, less
+    the first layer's input gradient) beside the machine's float32 GEMM peak (``fit_throughput.gemm_peak``),
+    eager and ``torch.compile``-d.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fit_throughput import flops_per_step, gemm_peak  # noqa: E402
+
+from mclnf.eval.study import first_reach  # noqa: E402
+from mclnf.fields import Field  # noqa: E402
+from mclnf.errors import DivergedError  # noqa: E402
+from mclnf.fit import FitConfig, fit, load_fit_signal  # noqa: E402
+from mclnf.optim import build_optimizer  # noqa: E402
+from mclnf.train import train  # noqa: E402
+from mclnf.losses import mse  # noqa: E402
+from mclnf.runtime import keep_freed_memory  # noqa: E402
+
+DATA = Path(os.environ.get("MCLNF_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+RUNS = {
+    "adam-gaussian": {"optimizer": "adam", "activation": "gaussian"},
+    "esgd-gaussian": {"optimizer": "esgd", "activation": "gaussian"},
+    "adam-relu-pe": {"optimizer": "adam", "activation": "relu-pe"},
+}
+
+
+def step_seconds(cfg: FitConfig, steps: int = 20) -> float:
+    """Median seconds of a training step of ``cfg`` (rays drawn at random, as many as a batch)."""
+    cfg = cfg.resolved()
+    signal = load_fit_signal(cfg)
+    torch.manual_seed(0)
+    field = Field(cfg.field_config(signal))
+    opt = build_optimizer(cfg.optimizer, field, cfg.lr)
+    times = []
+    for _ in range(steps):
+        idx = torch.randint(len(signal.coords), (cfg.batch_size,))
+        t0 = time.perf_counter()
+        train(opt, lambda x, y: mse(signal.layout.observe(field, x), y), lambda _: (signal.coords[idx], signal.values[idx]), 1, progress=False)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def quality(args) -> None:
+    records = {}
+    for name in args.runs:
+        base = FitConfig(signal=str(args.scene), out=args.out / name, overwrite=True, progress=False, **RUNS[name], **({"lr": args.lr[name]} if name in args.lr else {}))
+        steps = max(2, round(args.minutes * 60 / step_seconds(base)))
+        r = base.resolved()
+        print(f"# {name}: {r.optimizer} lr {r.lr:g}, {r.activation}; {steps} steps (the budget at the probed step time)", flush=True)
+        try:
+            records[name] = rec = fit(dataclasses.replace(base, steps=steps))
+        except DivergedError as e:
+            print(f"# {name}: {e}", flush=True)
+            ck = torch.load(base.out / "checkpoint.pt", weights_only=False) if (base.out / "checkpoint.pt").is_file() else {"curve": []}
+            records[name] = rec = {"curve": ck["curve"], "lr": r.lr, "diverged": {"step": e.step}}
+        for point in rec["curve"]:
+            print(f"{name:>14}  step {point['step']:>6}  {point['time_s'] / 60:6.2f} min  held-out PSNR {point['psnr']:6.2f} dB  SSIM {point['ssim']:.4f}", flush=True)
+    print("\n| run | lr | steps | minutes | held-out PSNR (dB) | SSIM | minutes to 22 dB | time to adam-gaussian's final PSNR / adam-gaussian's time |")
+    print("|---|---|---|---|---|---|---|---|")
+    ref = records.get("adam-gaussian")
+    for name, rec in records.items():
+        curve = rec["curve"]
+        last = curve[-1] if curve else {"psnr": float("nan"), "ssim": float("nan"), "step": 0, "time_s": 0.0}
+        to22 = first_reach(curve, "psnr", 22.0, "time_s")
+        ratio = "—"
+        if ref is not None and ref["curve"]:
+            t = first_reach(curve, "psnr", ref["curve"][-1]["psnr"], "time_s")
+            ratio = "not reached" if t is None else f"{t / ref['curve'][-1]['time_s']:.2f}"
+        note = f" (diverged at step {rec['diverged']['step']})" if rec.get("diverged") else ""
+        print(f"| {name}{note} | {rec['lr']:g} | {last['step']} | {last['time_s'] / 60:.1f} | {last['psnr']:.2f} | {last['ssim']:.4f} | "
+              f"{'not reached' if to22 is None else f'{to22 / 60:.1f}'} | {ratio} |")  # fmt: skip
+    plot(records, args.out / "psnr_vs_minutes.png")
+    (args.out / "summary.json").write_text(json.dumps({k: {"curve": v["curve"], "lr": v["lr"]} for k, v in records.items()}, indent=1))
+
+
+def plot(records: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rec in records.items():
+        ax.plot([p["time_s"] / 60 for p in rec["curve"]], [p["psnr"] for p in rec["curve"]], marker=".", label=name)
+    ax.axhline(22, color="gray", lw=0.5, ls="--")
+    ax.set(xlabel="training minutes (2 CPU cores)", ylabel="held-out PSNR (dB)", title="lego_100: NeRF fitting")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def throughput(args) -> None:
+    cfg = FitConfig(signal=str(args.scene)).resolved()
+    signal = load_fit_signal(cfg)
+    layout = signal.layout
+    points = cfg.batch_size * (layout.samples + layout.importance)
+    peak = gemm_peak()
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; {cfg.width}x{cfg.depth} {cfg.activation} field, "
+          f"{cfg.batch_size} rays x {layout.samples} samples = {points:,} points a step; fp32 GEMM peak {peak:.1f} GFLOP/s")  # fmt: skip
+    print(f"{'variant':>10} {'ms/step':>9} {'rays/s':>9} {'GFLOP/s':>8} {'of peak':>8}")
+    for variant in ("eager", "compiled"):
+        torch.manual_seed(0)
+        field = Field(cfg.field_config(signal))
+        model = torch.compile(field, dynamic=False) if variant == "compiled" else field
+        opt = torch.optim.Adam(field.parameters(), lr=cfg.lr)
+        g = torch.Generator().manual_seed(0)
+
+        def step():
+            idx = torch.randint(len(signal.coords), (cfg.batch_size,), generator=g)
+            opt.zero_grad(set_to_none=True)
+            mse(layout.observe(model, signal.coords[idx]), signal.values[idx]).backward()
+            opt.step()
+
+        for _ in range(3):
+            step()
+        times, t_end = [], time.perf_counter() + args.seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        ms = sorted(times)[len(times) // 2] * 1e3
+        gflops = flops_per_step(field, points) / (ms / 1e3) / 1e9
+        print(f"{variant:>10} {ms:9.1f} {cfg.batch_size / ms * 1e3:9.0f} {gflops:8.1f} {gflops / peak:8.2f}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("quality", "throughput"))
+    p.add_argument("--scene", type=Path, default=DATA / "nerf" / "lego_100.npz")
+    p.add_argument("--minutes", type=float, default=20.0, help="quality: training minutes per run")
+    p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
+    p.add_argument("--lr", nargs=2, action="append", metavar=("RUN", "LR"), default=[], help="quality: another learning rate for a run")
+    p.add_argument("--seconds", type=float, default=20.0, help="throughput: seconds per variant")
+    p.add_argument("--out", type=Path, default=Path("/tmp/nerf_fit"))
+    args = p.parse_args(argv)
+    args.lr = {k: float(v) for k, v in args.lr}
+    keep_freed_memory()
+    quality(args) if args.what == "quality" else throughput(args)
+
+
+if __name__ == "__main__":
+    main()
