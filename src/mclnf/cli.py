@@ -173,7 +173,7 @@ def add_field_options(p, width_note: str = "", kind_defaults: bool = False) -> N
 
 
 def add_meta_test(sub) -> None:
-    from mclnf.meta.test import BASELINES
+    from mclnf.meta.test import BASELINE_CHOICES, BASELINES
 
     p = sub.add_parser(
         "meta-test", formatter_class=Help, help="test-time optimization from meta-learned initializations, against baselines",
@@ -190,7 +190,7 @@ def add_meta_test(sub) -> None:
     p.add_argument("--signals", type=positive_int, help="meta-test only the first N signals (default: all)")
     p.add_argument("--test-optimizer", choices=list(OPTIMIZERS), help="meta methods' test-time optimizer (default: the inner loop's SGD)")
     p.add_argument("--test-lr", type=float, help="its learning rate (default: the inner learning rate for sgd, else the optimizer's)")
-    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES), help="non-meta baselines from random initializations")
+    p.add_argument("--baselines", nargs="*", choices=BASELINE_CHOICES, default=list(BASELINES), help="non-meta baselines from random initializations (modular: one module per task)")
     p.add_argument("--baseline-optimizer", choices=list(OPTIMIZERS), default="adam", help="the baselines' optimizer")
     p.add_argument("--baseline-lr", type=float, default=1e-4, help="the baselines' learning rate")
     p.add_argument("--batch-size", type=positive_int, help="samples per test-time step (default: the whole task)")

@@ -198,8 +198,8 @@ class Replay(Learner):
 
     name = "er"
 
-    def __init__(self, *args):
-        super().__init__(*args)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.buffer = ReservoirBuffer(self.opts.buffer_size, seed=task_seed(self.opts.seed, 1 << 20))
         self.replay_batch = self.opts.replay_batch or self.opts.batch_size
 
@@ -227,8 +227,8 @@ class EWC(Learner):
 
     name = "ewc"
 
-    def __init__(self, *args):
-        super().__init__(*args)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.penalty = EWCPenalty(self.opts.ewc_lambda)
         self.params = dict(self.model.named_parameters())
 
@@ -254,8 +254,8 @@ class MER(Replay):
 
     name = "mer"
 
-    def __init__(self, *args):
-        super().__init__(*args)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.updates_per_step = self.opts.mer_steps
 
     def new_optimizer(self) -> torch.optim.Optimizer:
@@ -322,11 +322,9 @@ class Modular(Learner):
         if int(idx.max()) < self.model.num_modules:
             return self.model(x, idx)
         blank = self.layout.blank
-        out = self.init(x) if blank is None else x.new_tensor(blank).expand(len(x), -1).clone()
-        have = idx < self.model.num_modules
-        if bool(have.any()):
-            out[have] = self.model(x[have], idx[have])
-        return out
+        out = self.init(x) if blank is None else x.new_tensor(blank).repeat(len(x), 1)
+        have = (idx < self.model.num_modules).nonzero()[:, 0]
+        return out.index_put((have,), self.model(x[have], idx[have])) if len(have) else out
 
     def field_at(self, x: Tensor) -> Tensor:
         return self.routed(x, route(x[:, : len(self.regions[0].region)], self.regions))

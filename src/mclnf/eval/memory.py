@@ -45,8 +45,20 @@ def allocated_peak_mib(fn: Callable[[], object]) -> float:
     with _silent_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         fn()
     held = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        held += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+    try:
+        timeline = [size if action == Action.CREATE else -size if action == Action.DESTROY else 0 for _, action, _, size in prof._memory_profile().timeline]
+    except AssertionError:  # the timeline's data-flow analysis rejects some graphs (torch 2.13: "version mismatch"): the raw allocator events
+        from torch._C._profiler import _EventType
+
+        allocations, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            e = stack.pop()
+            stack.extend(e.children)
+            if e.typed[0] == _EventType.Allocation:
+                allocations.append((e.start_time_ns, e.typed[1].alloc_size))
+        timeline = [size for _, size in sorted(allocations)]
+    for change in timeline:
+        held += change
         peak = max(peak, held)
     return peak / 2**20
 

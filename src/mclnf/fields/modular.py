@@ -205,15 +205,13 @@ class ModularField(nn.Module):
         if A * M == n_pts:  # equal groups: a reshape, no padding
             y = self._stacked(grouped.reshape(A, M, -1), select).reshape(n_pts, -1)
         else:
-            slot = torch.zeros(K, dtype=torch.long, device=x.device)
-            slot[active] = torch.arange(A, device=x.device)
+            slot = torch.zeros(K, dtype=torch.long, device=x.device).index_put((active,), torch.arange(A, device=x.device))
             starts = torch.cumsum(counts, 0) - counts
             sorted_idx = idx.index_select(0, order)
             a, r = slot[sorted_idx], torch.arange(n_pts, device=x.device) - starts[sorted_idx]
             padded = grouped.new_zeros(A, M, grouped.shape[1]).index_put((a, r), grouped)
             y = self._stacked(padded, select)[a, r]
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(n_pts, device=x.device)
+        inverse = torch.empty_like(order).index_put((order,), torch.arange(n_pts, device=x.device))  # out of place: the profiler's memory timeline trips on in-place index writes
         return y.index_select(0, inverse)
 
     def forward_blend(self, x: Tensor, weights: Tensor) -> Tensor:

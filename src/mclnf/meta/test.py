@@ -52,7 +52,8 @@ from mclnf.signals import Layout, Signal
 from mclnf.signals.tasks import Task, route, split_signal
 from mclnf.train import log_spaced_steps
 
-BASELINES = ("ol", "cl", "er", "ewc", "mer")
+BASELINES = ("ol", "cl", "er", "ewc", "mer")  # the default set
+BASELINE_CHOICES = (*BASELINES, "modular")  # modular: one module per task from a random initialization
 
 
 @dataclass
@@ -221,9 +222,9 @@ def meta_test(cfg: MetaTestConfig) -> list[dict]:
     """Meta-test ``cfg.runs`` and the baselines on the dataset's meta-test signals; returns one record per method."""
     if not cfg.runs:
         raise MclnfError("meta-test: give at least one meta-train run")
-    bad = [b for b in cfg.baselines if b not in BASELINES]
+    bad = [b for b in cfg.baselines if b not in BASELINE_CHOICES]
     if bad:
-        raise MclnfError(f"--baselines {bad[0]}: unknown; choose from {', '.join(BASELINES)}")
+        raise MclnfError(f"--baselines {bad[0]}: unknown; choose from {', '.join(BASELINE_CHOICES)}")
     if not cfg.steps or any(s < 1 for s in cfg.steps):
         raise MclnfError(f"--steps {' '.join(map(str, cfg.steps))}: step counts must be positive")
     steps = sorted(set(cfg.steps))
