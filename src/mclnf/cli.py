@@ -11,7 +11,7 @@ from mclnf.continual.learners import LEARNERS
 from mclnf.errors import DivergedError, MclnfError
 from mclnf.fields import ACTIVATIONS
 from mclnf.optim import OPTIMIZERS, default_lr
-from mclnf.runtime import keep_freed_memory
+from mclnf.runtime import flush_denormals, keep_freed_memory
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,7 +37,7 @@ def add_fit(sub) -> None:
         "reconstruction (PNG/WAV/MP4/PLY), curve.png, field.safetensors and checkpoint.pt to --out.",
         epilog="examples:\n  mclnf fit camera --steps 5000 --out runs/camera\n"
         "  mclnf fit ../shared/data/audio/gt_counting.wav\n  mclnf fit bikes.mp4 --frames 16 --resize 256\n"
-        "  mclnf fit bunny.obj --activation gaussian --sigma 0.09",
+        "  mclnf fit bunny.obj --activation gaussian --sigma 0.09\n  mclnf fit ../shared/data/nerf/lego_100.npz --optimizer esgd",
     )  # fmt: skip
     add_signal_field_options(p, "fit", auto=True)
     p.set_defaults(steps=2000)
@@ -56,7 +56,8 @@ def add_continual(sub) -> None:
         "on the same stream into OUT/<learner> and writes comparison.md and comparison.png.",
         epilog="examples:\n  mclnf continual ../shared/data/celeba_align/000001.jpg --crop 178 178 --resize 0 --pad 1 --learner all\n"
         "  mclnf continual ../shared/data/video/bikes.mp4 --frames 16 --resize 128 --learner modular\n"
-        "  mclnf continual camera --split resolution --learner er --buffer-size 8192",
+        "  mclnf continual camera --split resolution --learner er --buffer-size 8192\n"
+        "  mclnf continual ../shared/data/nerf/lego_100.npz --grid 2 2 1 --learner modular",
     )  # fmt: skip
     add_signal_field_options(p, "continual", auto=False)
     g = p.add_argument_group("task stream and learner")
@@ -91,9 +92,10 @@ def add_meta_train(sub) -> None:
         epilog="examples:\n  mclnf meta-train lfw_subset --method mcl-nf --out runs/lfw-mcl-nf\n"
         "  mclnf meta-train '../shared/data/celeba_align/*.jpg' --crop 178 178 --resize 64 --method mcl-nf-fim --meta-grad emcl\n"
         "  mclnf meta-train ../shared/data/librispeech --clip 0.5 --method mol\n"
+        "  mclnf meta-train ../shared/data/nerf/lego_100.npz --resize 32 --samples 32 --tasks 2 --method mcl-nf --meta-grad emcl\n"
         "  torchrun --nproc_per_node=2 -m mclnf meta-train lfw_subset --meta-batch 8",
     )  # fmt: skip
-    p.add_argument("dataset", nargs="?", default=d.dataset, help="a folder or glob pattern of images, audio clips or videos, or lfw_subset")
+    p.add_argument("dataset", nargs="?", default=d.dataset, help="a folder or glob pattern of images, audio clips or videos, lfw_subset, or one scene (cut into blocks of views)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/meta-<dataset>-<method>)")
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=METHODS, default=o.method, help="mol (MAML on whole signals), maml-cl, oml, mcl-nf (modules from one meta-learned init), mcl-nf-fim (with the FIM loss)")
@@ -231,7 +233,7 @@ def run_meta_test(a: argparse.Namespace) -> None:
 
 def add_signal_field_options(p, command: str, auto: bool) -> None:
     """The options ``fit`` and ``continual`` share: the signal, the field, the optimizer, the run."""
-    p.add_argument("signal", help="a PNG/JPEG/TIFF image, a scikit-image image name (camera, astronaut, ...), a WAV/FLAC/OGG clip, an MP4/GIF video or an OBJ/PLY/STL/OFF mesh (occupancy)")
+    p.add_argument("signal", help="a PNG/JPEG/TIFF image, a scikit-image image name (camera, astronaut, ...), a WAV/FLAC/OGG clip, an MP4/GIF video, an OBJ/PLY/STL/OFF mesh (occupancy) or a scene of posed images (.npz, NeRF-synthetic or LLFF folder: a radiance field)")
     p.add_argument("--out", type=Path, help=f"output folder (default: runs/{command}-<signal>-<{'activation' if command == 'fit' else 'learner'}>)")
     add_field_options(p, kind_defaults=True)
     g = p.add_argument_group("optimization")
@@ -376,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     add_cl_bench(sub)
     a = parser.parse_args(argv)
     keep_freed_memory()
+    flush_denormals()
     try:
         {"fit": run_fit, "continual": run_continual, "render": run_render, "meta-train": run_meta_train, "meta-test": run_meta_test, "cl-bench": run_cl_bench}[a.command](a)
     except MclnfError as e:

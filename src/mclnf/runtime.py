@@ -18,3 +18,13 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     except (OSError, AttributeError):
         return False
+
+
+def flush_denormals() -> bool:
+    """Treat subnormal floats as zero. A gaussian or wavelet field's exp(−u²) underflows into subnormals
+    as it trains (pre-activations grow), and x86 arithmetic on them is many times slower: measured on a
+    trained lego NeRF (gaussian 4 × 128), a 512-ray training step 0.50 → 0.24 s. Values below 1.2e−38
+    become 0. Returns whether the CPU supports it."""
+    import torch
+
+    return torch.set_flush_denormal(True)

@@ -89,6 +89,8 @@ class Layout(ABC):
 
     @staticmethod
     def from_dict(d: dict) -> Layout:
+        from mclnf.signals import audio, image, occupancy, radiance, video  # noqa: F401  (each kind registers its layout when imported)
+
         d = dict(d)
         cls = LAYOUTS[d.pop("kind")]
         names = {f.name for f in fields(cls)}

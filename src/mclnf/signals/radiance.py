@@ -116,7 +116,7 @@ class RadianceLayout(Layout):
     def render(self, field: Predict, rays: Tensor, jitter: bool | None = None) -> dict[str, Tensor]:
         """Volume rendering of rays (N, 6) through ``field``: ``rgb`` (N, 3), ``depth``, ``acc`` (module
         docstring); ``jitter`` defaults to the layout's, while gradients are on (training)."""
-        jitter = self.jitter and torch.is_grad_enabled() if jitter is None else jitter
+        jitter = (self.jitter and torch.is_grad_enabled()) if jitter is None else jitter
         origins, dirs = rays[:, :3], rays[:, 3:]
         t0, t1 = box_segment(origins, dirs, origins.new_tensor(self.center), self.bound, self.near, self.far)
         t = stratified(t0, t1, self.samples, jitter)
