@@ -7,7 +7,7 @@ learner (and ``cl``) on the held-out blocks, each block arriving as 2 tasks of 4
 
 Deviations from the paper (printed): one object scene (lego, 100 views) instead of a city; its 87
 training views resized to ``--size`` (32) px and cut into 10 blocks of 8 views adjacent in azimuth
-(7 meta-train / 3 meta-test); 32 samples per ray in the scene box; a 4 × 128 gaussian field (mcl-nf
+(7 meta-train / 3 meta-test); 32 samples per ray in the scene box; a 4 × 128 relu-pe field (mcl-nf
 modules 4 × 91); ``--outer-steps`` (200) outer steps with 256 rays per task and step; test-time steps
 1 … ``--max-step`` (256) per task with 256 rays a step on the first ``--signals`` (1) meta-test blocks.
 
@@ -63,7 +63,7 @@ def main() -> None:
     common = ["--resize", str(a.size), "--samples", "32", "--block-views", "8", "--tasks", "2", "--outer-steps", str(a.outer_steps), "--quiet"]
     print(f"# meta-continual NeRF on {a.scene.name}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"deviations: one object scene instead of a city; 87 training views at {a.size}² in 10 blocks of 8 adjacent views (7 meta-train / 3 meta-test), "
-          f"2 tasks of 4 views a block; 32 samples a ray; gaussian 4×128 (mcl-nf modules 4×91); {a.outer_steps} outer steps, meta-batch 4, "
+          f"2 tasks of 4 views a block; 32 samples a ray; relu-pe 4×128 (mcl-nf modules 4×91); {a.outer_steps} outer steps, meta-batch 4, "
           f"256 rays a task a step, Adam 1e-4, 3 inner SGD steps at 1e-2; test-time steps 1…{a.max_step} per task, 256 rays a step, on "
           f"{a.signals} meta-test block(s) (meta methods: SGD 1e-2; modular and cl: Adam 1e-3)\n")  # fmt: skip
     runs = []

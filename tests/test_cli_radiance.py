@@ -18,7 +18,7 @@ def test_fit_a_scene_end_to_end(tmp_path, capsys):
     out = tmp_path / "lego"
     assert cli("fit", LEGO, *SMALL, "--steps", "40", "--lr", "3e-3", "--out", out) == 0
     record = json.loads((out / "metrics.json").read_text())
-    assert record["kind"] == "radiance" and record["activation"] == "gaussian" and record["field"]["sigma"] == 0.1
+    assert record["kind"] == "radiance" and record["activation"] == "relu-pe" and record["field"]["pe_frequencies"] == 8
     assert record["layout"]["bound"] == pytest.approx(1.3654, abs=1e-3)  # the ball every lego camera sees whole
     first, last = record["curve"][0], record["curve"][-1]
     assert last["psnr"] > first["psnr"] + 1  # held-out views

@@ -163,7 +163,7 @@ def add_field_options(p, width_note: str = "", kind_defaults: bool = False) -> N
     """The field's options; with ``kind_defaults`` (fit, continual) the unset ones take the signal kind's defaults."""
     g = p.add_argument_group("field")
     kinds = lambda default, radiance: dict(help_=f" (default {default}; radiance {radiance})", default=None) if kind_defaults else dict(help_="", default=default)  # noqa: E731
-    a, w, d = kinds("sine", "gaussian, σ 0.1"), kinds(256, 128), kinds(5, 4)
+    a, w, d = kinds("sine", "relu-pe; gaussian σ 0.1"), kinds(256, 128), kinds(5, 4)
     g.add_argument("--activation", choices=ACTIVATIONS, default=a["default"], help="sine (SIREN), gaussian, wavelet (real Gabor, WIRE), relu, relu-pe (ReLU with positional encoding)" + a["help_"])
     g.add_argument("--width", type=positive_int, default=w["default"], help="hidden units per layer" + width_note + w["help_"])
     g.add_argument("--depth", type=positive_int, default=d["default"], help="number of linear layers (5 × 256 from 2 to 3: 198,915 parameters)" + d["help_"])

@@ -34,7 +34,8 @@ DEFAULTS = {"activation": "sine", "width": 256, "depth": 5, "batch_size": 512}  
 KIND_DEFAULTS = {  # per-kind defaults of options left unset
     "image": {"resize": 256},  # the papers' 256 × 256
     "audio": {"first_omega0": 3000.0},  # SIREN's audio setting: time in [-1, 1] spans the whole clip
-    "radiance": {"activation": "gaussian", "sigma": 0.1, "width": 128, "depth": 4, "batch_size": 1024},  # the preconditioner paper's NeRF activation, sized for 2 CPU cores
+    # NeRF's ReLU + positional encoding (on lego 25.8 dB held-out in 6 minutes; gaussian σ 0.1, the preconditioner paper's NeRF, 22.1), sized for 2 cores
+    "radiance": {"activation": "relu-pe", "sigma": 0.1, "width": 128, "depth": 4, "batch_size": 1024},
 }
 KIND_LR = {("radiance", "adam"): 1e-3}  # NeRF's 5e-4 order; 1e-4 (the image fields') was 4.5 dB behind on lego after 400 steps
 RESUMABLE = ("steps", "resume", "overwrite", "progress", "tensorboard", "out")  # may change on --resume

@@ -117,7 +117,7 @@ def test_meta_train_and_meta_test_a_scene_from_the_cli(tmp_path, capsys):
     assert cli("meta-train", LEGO, *common, "--method", "mcl-nf-fim", "--meta-grad", "emcl", "--outer-steps", "4", "--meta-batch", "2", "--task-batch", "32", "--out", run, "--quiet") == 0
     record = __import__("json").loads((run / "meta_train.json").read_text())
     assert record["kind"] == "radiance" and record["signals"] == {"train": 10, "test": 4}
-    assert record["config"]["options"]["task_batch"] == 32 and record["config"]["activation"] == "gaussian"
+    assert record["config"]["options"]["task_batch"] == 32 and record["config"]["activation"] == "relu-pe"
     capsys.readouterr()
     assert cli("meta-test", run, LEGO, "--steps", "1", "2", "--signals", "1", "--baselines", "cl", "--batch-size", "64", "--quiet") == 0
     out = capsys.readouterr().out
