@@ -111,9 +111,14 @@ def fim_loss(forward: Callable[[Tensor, list[Tensor]], tuple[Tensor, list[Tensor
         if observe is None:
             pred, inputs = forward(x, taps)
         else:
-            box = []
-            pred = observe(lambda p: (out := forward(p, taps), box.append(out[1]))[0][0], x)
-            inputs = box[0]
+            inputs = []
+
+            def field(points):  # the field with taps; keeps the layers' inputs
+                y, layer_inputs = forward(points, taps)
+                inputs.extend(layer_inputs)
+                return y
+
+            pred = observe(field, x)
         ell = per_sample(pred, target)
         return ell, (ell, inputs)
 

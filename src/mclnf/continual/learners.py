@@ -318,13 +318,7 @@ class Modular(Learner):
         self.optimizer = self.new_optimizer()  # fresh: the modules that do not learn stay bit-exact
 
     def routed(self, x: Tensor, idx: Tensor) -> Tensor:
-        """Module ``idx[n]`` on ``x[n]``; an index no module has yet: the shared initialization (radiance: empty space)."""
-        if int(idx.max()) < self.model.num_modules:
-            return self.model(x, idx)
-        blank = self.layout.blank
-        out = self.init(x) if blank is None else x.new_tensor(blank).repeat(len(x), 1)
-        have = (idx < self.model.num_modules).nonzero()[:, 0]
-        return out.index_put((have,), self.model(x[have], idx[have])) if len(have) else out
+        return modules_or_init(self.model, self.model.num_modules, self.init, self.layout.blank, x, idx)
 
     def field_at(self, x: Tensor) -> Tensor:
         return self.routed(x, route(x[:, : len(self.regions[0].region)], self.regions))
@@ -339,6 +333,16 @@ class Modular(Learner):
         while self.model.num_modules < state["model"]["layers.0.weight"].shape[0]:
             self.model.add_module(self.init)
         super().load_state_dict(state)
+
+
+def modules_or_init(model: ModularField, count: int, init: nn.Module, blank: tuple[float, ...] | None, x: Tensor, idx: Tensor) -> Tensor:
+    """Module ``idx[n]`` of ``model`` on ``x[n]`` where ``idx[n] < count``; elsewhere (no module there yet)
+    the shared initialization ``init``, or the constant output ``blank`` (radiance: empty space)."""
+    if int(idx.max()) < count:
+        return model(x, idx)
+    out = init(x) if blank is None else x.new_tensor(blank).repeat(len(x), 1)
+    have = (idx < count).nonzero()[:, 0]
+    return out.index_put((have,), model(x[have], idx[have])) if len(have) else out
 
 
 def split_of(tasks: list[Task]) -> str:

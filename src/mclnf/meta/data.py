@@ -28,9 +28,9 @@ import torch
 
 from mclnf.errors import MclnfError
 from mclnf.signals import SUFFIX_KIND, GridLayout, Signal, load_signal, signal_kind
+from mclnf.signals.image import image_signal
 from mclnf.signals.radiance import scene_blocks
 from mclnf.signals.scenes import is_scene
-from mclnf.signals.image import image_signal
 
 BUILTIN_DATASETS = ("lfw_subset",)
 

@@ -45,10 +45,10 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
+from mclnf.continual.learners import permutation
 from mclnf.errors import MclnfError
 from mclnf.fields import Field, FieldConfig
 from mclnf.losses import FISHERS, PER_SAMPLE, fim_loss
-from mclnf.continual.learners import permutation
 from mclnf.signals import Layout
 from mclnf.signals.tasks import split_signal
 

@@ -36,7 +36,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from mclnf.checkpoint import atomic_path, write_text
-from mclnf.continual.learners import LEARNERS, FineTune, Learner, LearnerOptions, Offline
+from mclnf.continual.learners import LEARNERS, FineTune, Learner, LearnerOptions, Offline, modules_or_init
 from mclnf.errors import MclnfError
 from mclnf.eval.memory import allocated_peak_mib
 from mclnf.eval.plots import plot_meta_test, plot_reconstruction_grid
@@ -125,17 +125,11 @@ class ModulesFromInit(Learner):
         self.fields.append(self.current)
         self.model = ModularField.from_fields(self.fields)
 
-    def routed(self, x: Tensor, idx: Tensor) -> Tensor:
-        out = self.init(x)
-        have = idx < len(self.fields)
-        if bool(have.any()):
-            out[have] = self.model(x[have], idx[have])
-        return out
-
     def forward(self, x: Tensor) -> Tensor:
         """Each sample through the module of its task (scene blocks: each ray rendered whole by the module of its nearest camera)."""
         idx = route(self.layout.locate(x), self.tasks)
-        return self.layout.observe(lambda points: self.routed(points, idx.repeat_interleave(len(points) // len(x))), x)
+        routed = lambda points: modules_or_init(self.model, len(self.fields), self.init, self.layout.blank, points, idx.repeat_interleave(len(points) // len(x)))  # noqa: E731
+        return self.layout.observe(routed, x)
 
 
 def make_learner(entry: MetaRun | str, signal: Signal, tasks: list[Task], cfg: MetaTestConfig, base: FieldConfig, batch: int) -> Learner:
