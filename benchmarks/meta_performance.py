@@ -21,8 +21,8 @@ import torch
 from mclnf.eval.memory import peak_mib
 from mclnf.fields import Field, FieldConfig
 from mclnf.losses import fim_loss, mse
-from mclnf.meta.data import load_dataset
 from mclnf.meta.methods import MetaMethod, MetaOptions
+from mclnf.signals.datasets import load_dataset
 
 
 def seconds(fn, repeats: int) -> float:

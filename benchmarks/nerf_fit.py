@@ -35,14 +35,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from fit_throughput import flops_per_step, gemm_peak  # noqa: E402
 
+from mclnf.errors import DivergedError  # noqa: E402
 from mclnf.eval.study import first_reach  # noqa: E402
 from mclnf.fields import Field  # noqa: E402
-from mclnf.errors import DivergedError  # noqa: E402
 from mclnf.fit import FitConfig, fit, load_fit_signal  # noqa: E402
-from mclnf.optim import build_optimizer  # noqa: E402
-from mclnf.train import train  # noqa: E402
 from mclnf.losses import mse  # noqa: E402
+from mclnf.optim import build_optimizer  # noqa: E402
 from mclnf.runtime import flush_denormals, keep_freed_memory  # noqa: E402
+from mclnf.train import train  # noqa: E402
 
 DATA = Path(os.environ.get("MCLNF_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 RUNS = {

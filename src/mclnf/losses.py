@@ -1,4 +1,5 @@
-"""Losses of field fitting. Written out rather than via F.mse_loss: torch 2.13's ``jvp(grad(f))``
+"""Losses: field fitting (mse, bce), MCL-NF's FIM loss, and the masked cross-entropy of multi-head
+classification streams. Written out rather than via F.mse_loss: torch 2.13's ``jvp(grad(f))``
 fails on ``F.mse_loss`` with mean reduction ("ZeroTensors are immutable")."""
 
 from __future__ import annotations
@@ -128,3 +129,15 @@ def fim_loss(forward: Callable[[Tensor, list[Tensor]], tuple[Tensor, list[Tensor
     if mask is not None:
         w = w * mask.to(w.dtype)
     return (w * ell).sum() / w.sum()
+
+
+def head_loss(heads: Tensor | None) -> Loss:
+    """Cross-entropy of logits (N, C) against targets (N, 2) = (label, task); with ``heads`` (T, C)
+    each sample's logits outside its task's classes are masked out (multi-head class-incremental streams)."""
+
+    def loss(logits: Tensor, y: Tensor) -> Tensor:
+        if heads is not None:
+            logits = logits.masked_fill(~heads.to(logits.device)[y[:, 1]], float("-inf"))
+        return F.cross_entropy(logits, y[:, 0])
+
+    return loss

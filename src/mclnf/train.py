@@ -1,4 +1,5 @@
-"""The one training loop: every fit and every learner's inner optimization runs through :func:`train`."""
+"""The one training loop (:func:`train`) — every fit and every learner's task runs through it
+(:func:`learn_task` drives a learner's hooks) — and the outer step of meta-learning beside it (:func:`meta_step`)."""
 
 from __future__ import annotations
 
@@ -6,43 +7,20 @@ import math
 from time import perf_counter
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mclnf.errors import DivergedError
 from mclnf.optim import needs_create_graph
-
-Batch = tuple[Tensor, Tensor]
+from mclnf.sampling import Batch
 
 
 def log_spaced_steps(steps: int) -> list[int]:
     """1, 2, 4, … up to ``steps``, and ``steps`` itself."""
     out = [2**k for k in range(int(math.log2(steps)) + 1)] if steps >= 1 else []
     return out + [steps] if steps not in out and steps >= 1 else out
-
-
-class EpochSampler:
-    """Mini-batches that visit every sample once per epoch (the last partial batch is dropped), in an
-    order fixed by ``(seed, epoch)`` alone, so a resumed run draws exactly the batches of an
-    uninterrupted one. With ``batch_size`` ≥ the number of samples every step is the full batch."""
-
-    def __init__(self, coords: Tensor, values: Tensor, batch_size: int, seed: int):
-        self.coords, self.values, self.batch_size, self.seed = coords, values, batch_size, seed
-        self.per_epoch = max(1, len(coords) // batch_size)
-        self._epoch, self._perm = -1, None
-
-    def __call__(self, step: int) -> Batch:
-        """The batch of training step ``step`` (1-based)."""
-        if self.batch_size >= len(self.coords):
-            return self.coords, self.values
-        epoch, i = divmod(step - 1, self.per_epoch)
-        if epoch != self._epoch:
-            seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-            self._epoch, self._perm = epoch, torch.randperm(len(self.coords), generator=torch.Generator().manual_seed(seed))
-        idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
-        return self.coords[idx], self.values[idx]
 
 
 def params_finite(optimizer: torch.optim.Optimizer) -> bool:
@@ -62,16 +40,19 @@ def train(
     last_good_step: int | None = None,
     progress: bool = True,
     desc: str = "fit",
+    update: Callable[[], None] | None = None,
 ) -> float:
     """Run optimization steps ``start_step + 1 … steps``; returns the training time in seconds.
 
     Each step: ``loss = loss_fn(*batches(step))``, gradients into ``p.grad`` (differentiable when
-    the optimizer asks for it, see :func:`mclnf.optim.needs_create_graph`), ``optimizer.step()``. At the steps in
+    the optimizer asks for it, see :func:`mclnf.optim.needs_create_graph`), ``update()`` (default
+``optimizer.step()``; a learner's strategy update wraps it). At the steps in
     ``eval_steps``, ``on_eval(step, loss, training_seconds)`` is called outside the timed region.
     A non-finite loss or parameter raises :class:`DivergedError` before anything is updated or
     saved from it, naming ``last_good_step`` (the last step ``on_eval`` saw).
     """
     eval_steps = set(eval_steps)
+    update = update or optimizer.step
     params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     bar = tqdm(total=steps, initial=start_step, desc=desc, disable=not progress, mininterval=1.0, dynamic_ncols=True)
     try:
@@ -87,7 +68,7 @@ def train(
                     p.grad = g
             else:
                 loss.backward()
-            optimizer.step()
+            update()
             elapsed += perf_counter() - t0
             bar.update()
             if step in eval_steps:
@@ -101,3 +82,47 @@ def train(
         optimizer.zero_grad(set_to_none=True)  # drops a create_graph gradient's graph
         bar.close()
     return elapsed
+
+
+def learn_task(learner, task, steps: int, progress: bool = True) -> dict[str, float]:
+    """Learn ``task`` with ``learner`` (a :class:`mclnf.learners.Learner`) for ``steps`` training steps:
+    ``before_task`` → :func:`train` over its ``batches`` with its ``loss`` and ``update`` → ``after_task``.
+    Returns the seconds spent training and after it."""
+    learner.before_task(task)
+    desc = f"{learner.name} task {task.index + 1}/{len(learner.tasks)}"
+    total = steps * learner.updates_per_step
+    seconds = train(learner.optimizer, learner.loss, learner.batches(task), total, eval_steps=(total,), progress=progress, desc=desc, update=learner.update)  # checks the parameters at the end
+    t0 = perf_counter()
+    learner.after_task(task)
+    return {"train_s": seconds, "after_task_s": perf_counter() - t0}
+
+
+def meta_step(method, theta: dict[str, Tensor], optimizer: torch.optim.Optimizer, values: Tensor, coords: Tensor | None, count: int,
+              importance, subset: Tensor | None, clip_grad: float) -> tuple[float, float]:  # fmt: skip
+    """One outer step of meta-learning θ₀ (``theta``, optimized by ``optimizer``) on a meta-batch:
+    the method's meta-objective (:meth:`mclnf.learners.MetaMethod.objective`), its gradient summed
+    over the processes of a ``torch.distributed`` group, a non-finite check (:class:`DivergedError`
+    with step 0: the caller names the step), the norm clipped to ``clip_grad``, the optimizer's step,
+    and EMCL's importance h ← η h + (1 − η) Ω/mean(Ω) where ``importance`` (an
+    :class:`~mclnf.learners.emcl.Importance` over ``method.fast``) is given. Returns (loss after
+    adaptation per task, gradient norm before clipping)."""
+    h = None if importance is None else dict(zip(method.fast, importance.normalized()))
+    optimizer.zero_grad(set_to_none=True)
+    obj, loss_sum, omega = method.objective(theta, values, count, h, coords, subset)
+    obj.backward()
+    stats = torch.cat([loss_sum.reshape(1)] + [omega[k].reshape(-1) for k in method.fast])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for p in theta.values():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+        dist.all_reduce(stats)
+    loss = float(stats[0]) / count
+    if not torch.isfinite(stats[:1]).all() or not all(torch.isfinite(p.grad).all() for p in theta.values() if p.grad is not None):
+        raise DivergedError(0, loss, None)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(theta.values(), clip_grad))
+    optimizer.step()
+    if importance is not None:
+        taylor = stats[1:] / count
+        taylor = taylor / taylor.mean().clamp_min(torch.finfo(taylor.dtype).tiny)
+        importance.update([v.reshape(theta[k].shape) for k, v in zip(method.fast, taylor.split([theta[k].numel() for k in method.fast]))])
+    return loss, grad_norm

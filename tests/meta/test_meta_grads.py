@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mclnf.fields import FieldConfig
-from mclnf.meta.data import load_dataset
 from mclnf.meta.methods import MetaMethod, MetaOptions
+from mclnf.signals.datasets import load_dataset
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from torch.func import functional_call, grad, vmap
 
 from mclnf.fields import FieldConfig
 from mclnf.losses import PER_SAMPLE, fim_weights
-from mclnf.meta.data import load_dataset
 from mclnf.meta.methods import MetaMethod, MetaOptions
+from mclnf.signals.datasets import load_dataset
 
 LEGO = DATA / "nerf" / "lego_100.npz"
 

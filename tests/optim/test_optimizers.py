@@ -14,7 +14,7 @@ from mclnf.optim.adahessian import AdaHessian
 from mclnf.optim.curvature import equilibrated_diagonal, hvp, jacobi_diagonal, rademacher_like
 from mclnf.optim.esgd import ESGD
 from mclnf.optim.kfac import KFAC
-from mclnf.optim.wrappers import Shampoo
+from mclnf.optim.shampoo import Shampoo
 
 F64 = torch.float64
 

@@ -1,12 +1,10 @@
 """Occupancy signals: normalization, point sampling, labels, reconstruction and errors on real meshes."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from conftest import DATA
 import torch
 import trimesh
+from conftest import DATA
 
 from mclnf.errors import MclnfError
 from mclnf.signals import load_signal

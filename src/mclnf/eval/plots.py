@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mclnf.checkpoint import atomic_path  # noqa: E402
+from mclnf.io import atomic_path  # noqa: E402
 
 
 def plot_curve(curve: list[dict], metric: str, path: Path, title: str = "") -> None:

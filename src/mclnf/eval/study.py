@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mclnf.checkpoint import atomic_path  # noqa: E402
+from mclnf.io import atomic_path  # noqa: E402
 
 
 def load_records(root: Path) -> list[dict]:

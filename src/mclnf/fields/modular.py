@@ -129,6 +129,14 @@ class ModularField(nn.Module):
                            for i, layer in enumerate(self.layers) for n in ("weight", "bias")})
         return f
 
+    @torch.no_grad()
+    def set_module(self, k: int, field: Field) -> None:
+        """Module k becomes a copy of the standalone ``field`` (same config); the Parameters stay the same objects."""
+        k = self._check_index(k)
+        for i, layer in enumerate(self.layers):
+            layer.weight[k].copy_(field.layers[i].weight)
+            layer.bias[k].copy_(field.layers[i].bias)
+
     def add_module(self, init: Field | Mapping[str, Tensor] | None = None, *args) -> int:
         """Append a module initialized from ``init`` (a Field or its state dict; None: a fresh
         ``Field(config)`` under the caller's RNG); returns its index. Old modules are unchanged.

@@ -16,7 +16,7 @@ from mclnf.errors import MclnfError
 from mclnf.optim.adahessian import AdaHessian
 from mclnf.optim.esgd import ESGD
 from mclnf.optim.kfac import KFAC
-from mclnf.optim.wrappers import Shampoo
+from mclnf.optim.shampoo import Shampoo
 
 
 @runtime_checkable

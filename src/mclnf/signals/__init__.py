@@ -1,13 +1,23 @@
-"""Real signals as coordinates → values, and back to their own form."""
+"""Real signals as coordinates → values, and back to their own form.
+
+Every kind is imported here, so each kind's :class:`Layout` subclass is in ``base.LAYOUTS`` (for
+:meth:`Layout.from_dict`) whichever module of the package is imported first: a package's
+``__init__`` runs before any of its submodules. The kind modules import ``base`` and their sibling
+modules, never the package itself, so nothing here is imported in a circle.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from mclnf.errors import MclnfError
+from mclnf.signals.audio import load_audio
 from mclnf.signals.base import GridLayout, Layout, Signal, grid_coords, predict_in_chunks
 from mclnf.signals.image import BUILTIN_IMAGES, load_image
+from mclnf.signals.occupancy import load_occupancy
+from mclnf.signals.radiance import load_radiance
 from mclnf.signals.scenes import is_scene
+from mclnf.signals.video import load_video
 
 KINDS = ("image", "audio", "video", "occupancy", "radiance")
 SUFFIX_KIND = {
@@ -35,11 +45,6 @@ def signal_kind(source: str | Path) -> str:
 
 def load_signal(source: str | Path, **options) -> Signal:
     """Load any supported signal; ``options`` are those of the kind's loader (unset ones: ``None``)."""
-    from mclnf.signals.audio import load_audio
-    from mclnf.signals.occupancy import load_occupancy
-    from mclnf.signals.radiance import load_radiance
-    from mclnf.signals.video import load_video
-
     loader = {"image": load_image, "audio": load_audio, "video": load_video, "occupancy": load_occupancy, "radiance": load_radiance}[signal_kind(source)]
     return loader(source, **{k: v for k, v in options.items() if v is not None})
 

@@ -22,6 +22,8 @@ Predict = Callable[[Tensor], Tensor]
 """A field evaluated on coordinates (N, d) → values (N, c), without gradients."""
 
 LAYOUTS: dict[str, type[Layout]] = {}
+"""Every layout class by its ``kind``; each subclass with a ``kind`` registers itself when defined
+(``mclnf.signals`` imports every kind module, so all are here once the package is imported)."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,6 @@ class Layout(ABC):
 
     @staticmethod
     def from_dict(d: dict) -> Layout:
-        from mclnf.signals import audio, image, occupancy, radiance, video  # noqa: F401  (each kind registers its layout when imported)
-
         d = dict(d)
         cls = LAYOUTS[d.pop("kind")]
         names = {f.name for f in fields(cls)}

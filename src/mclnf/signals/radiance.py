@@ -32,8 +32,10 @@ from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from mclnf.errors import MclnfError
+from mclnf.io import atomic_path
 from mclnf.signals.base import Layout, Predict, Signal, predict_in_chunks
 from mclnf.signals.rays import box_segment, camera_rays, cell_borders, composite, sample_pdf, stratified
+from mclnf.signals.scenes import load_posed_images
 
 DIRECTIONS = ("angles", "vector")
 POINTS_PER_CHUNK = 2**14  # field evaluations per chunk when rendering without gradients (small: the activations stay in cache)
@@ -171,8 +173,6 @@ class RadianceLayout(Layout):
     def extra_outputs(self, field: Predict, signal: Signal, out: Path) -> list[str]:
         """``views_vs_truth.png`` (held-out views: truth, rendering and depth map, band by band) and ``turntable.mp4``
         (a circle around the scene at the held-out cameras' mean distance and elevation)."""
-        from mclnf.checkpoint import atomic_path
-
         both = lambda rays: torch.cat([(r := self.render(field, rays, jitter=False))["rgb"], r["depth"][:, None]], -1)  # noqa: E731
         views = self.render_views(both, self.poses)
         truth = self.as_views(signal.eval_values).permute(0, 2, 3, 1)
@@ -259,8 +259,6 @@ def load_radiance(
     scene_bound: float | None = None, direction: str = "angles",
 ) -> Signal:  # fmt: skip
     """A scene of posed images (``.npz``, NeRF-synthetic or LLFF folder; :mod:`mclnf.signals.scenes`) as a radiance signal."""
-    from mclnf.signals.scenes import load_posed_images
-
     if samples < 2:
         raise MclnfError(f"--samples {samples}: need at least 2 samples per ray")
     if importance < 0:

@@ -4,8 +4,8 @@ images, and differentiate under torch.func as under autograd."""
 import torch
 from torch.func import functional_call, grad
 
-from mclnf.clbench.data import Benchmark
-from mclnf.clbench.models import ReducedResNet18, build_model, mlp
+from mclnf.fields.classifiers import ReducedResNet18, build_model, mlp
+from mclnf.signals.classification import Benchmark
 
 
 def n_params(model: torch.nn.Module) -> int:

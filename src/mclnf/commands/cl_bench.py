@@ -3,10 +3,9 @@
 For each (method, seed) the learner sees the tasks once, in order; after each task its accuracy on
 every task's test set fills row i of the accuracy matrix R (percent; multi-head streams predict
 within the task's classes). ACC = mean_j R[T−1][j] (EMCL eq. 22); BWT = 1/(T−1) Σ_{j<T−1}
-(R[T−1][j] − R[j][j]) (eq. 23 — divided by T − 1, as the paper; La-MAML's and GEM's code divide by
-T). Time is training time only (evaluation excluded). Every finished (method, seed) is written to
-``runs/``, so ``--resume`` skips it. A diverging run is recorded as such (the table says where) and the
-others go on.
+(R[T−1][j] − R[j][j]) (eq. 23 — divided by T − 1, as the paper). Time is training time only
+(evaluation excluded). Every finished (method, seed) is written to ``runs/``, so ``--resume`` skips
+it. A diverging run is recorded as such (the table says where) and the others go on.
 """
 
 from __future__ import annotations
@@ -16,44 +15,49 @@ import json
 import re
 import statistics
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from mclnf.checkpoint import write_text
-from mclnf.clbench.data import BENCHMARKS, Benchmark, ClassTask, load_benchmark
-from mclnf.clbench.learners import ONLINE_LEARNERS, OnlineOptions, head_loss
-from mclnf.clbench.models import build_model
-from mclnf.continual.learners import Learner
-from mclnf.continual.run import backward_transfer
+from mclnf.config import BenchConfig, RunOptions
 from mclnf.errors import DivergedError, MclnfError
+from mclnf.eval.metrics import backward_transfer
 from mclnf.eval.plots import plot_matrix, plot_times
-from mclnf.fit import make_dir, prepare_out
+from mclnf.eval.tables import table3, time_ratios
+from mclnf.fields.classifiers import build_model
+from mclnf.io import write_text
+from mclnf.learners import ONLINE_LEARNERS, Learner, LearnerOptions
+from mclnf.losses import head_loss
+from mclnf.options import to_dict
+from mclnf.runs import prepare_out, start_run
+from mclnf.signals.classification import Benchmark, ClassTask, load_benchmark
+from mclnf.train import learn_task
 
 # Per benchmark: (memory size, glances), EMCL's Table II (α₀, β, λ, γ), La-MAML's released settings
 # (α init, lr of α, clip, second order); the baselines' lr 0.03 is La-MAML's for ER/GEM/A-GEM.
 BENCH_DEFAULTS: dict[str, dict] = {
     "mnist-permutations": dict(buffer_size=200, glances=5, emcl_lr=0.3, emcl_inner_lr=0.15, emcl_lambda=10.0, emcl_gamma=0.3, lamaml_alpha=0.15, lamaml_lr=0.3),
     "many-permutations": dict(buffer_size=500, glances=10, emcl_lr=0.15, emcl_inner_lr=0.03, emcl_lambda=10.0, emcl_gamma=0.1, lamaml_alpha=0.1, lamaml_lr=0.1),
-    "split-cifar100": dict(buffer_size=200, glances=10, emcl_lr=0.1, emcl_inner_lr=0.075, emcl_lambda=50.0, emcl_gamma=0.1, lamaml_alpha=0.1, lamaml_lr=0.25, clip=1.0, lamaml_second_order=True),
+    "split-cifar100": dict(buffer_size=200, glances=10, emcl_lr=0.1, emcl_inner_lr=0.075, emcl_lambda=50.0, emcl_gamma=0.1, lamaml_alpha=0.1, lamaml_lr=0.25,
+                           lamaml_clip=1.0, lamaml_second_order=True),  # fmt: skip
 }
 BENCH_DEFAULTS["split-miniimagenet"] = BENCH_DEFAULTS["split-cifar100"]
 COMMON = dict(optimizer="sgd", lr=0.03, batch_size=10, replay_batch=10, ewc_lambda=10.0, fisher_samples=200)  # ewc λ 100 diverges at lr 0.03
 # MER's Algorithm 1 (Riemer et al.): one example at a time, `mer_batches` batches of it plus
 # `replay_batch` memories, one SGD step per sample, Reptile within (β) and across (γ) batches.
 MER = dict(batch_size=1, lr=0.03, mer_beta=0.03, mer_gamma=1.0, mer_batches=5)
+RESUMABLE = tuple(f.name for f in dataclasses.fields(RunOptions))
 
 
-def method_options(bench: str, method: str, seed: int, overrides: dict) -> OnlineOptions:
+def method_options(bench: str, method: str, seed: int, overrides: dict) -> LearnerOptions:
     """The options of ``method`` on ``bench``: the defaults above, then the user's ``overrides``."""
     values = {**COMMON, **BENCH_DEFAULTS[bench], **(MER if method == "mer" else {}), **overrides, "seed": seed}
     if method == "mer":  # a batch is the example plus its memories; `mer_batches` of them per example
         values.update(glances=values["mer_batches"], mer_steps=values["replay_batch"] + 1, batch_size=1)
-    return OnlineOptions(**values)
+    return LearnerOptions(**values)
 
 
-def label(method: str, opts: OnlineOptions) -> str:
+def label(method: str, opts: LearnerOptions) -> str:
     if method != "emcl":
         return method
     off = [n for n, on in (("PGD", opts.emcl_pgd), ("inner reg.", opts.emcl_reg)) if not on]
@@ -76,7 +80,7 @@ def accuracy(learner: Learner, task: ClassTask, heads: torch.Tensor | None, chun
     return 100.0 * correct / len(task.test_y)
 
 
-def run_one(bench: Benchmark, method: str, opts: OnlineOptions, progress: bool = False) -> dict:
+def run_one(bench: Benchmark, method: str, opts: LearnerOptions, progress: bool = False) -> dict:
     """One method, one seed over the whole stream: the accuracy matrix, ACC, BWT and training time."""
     heads = bench.heads()
     learner = ONLINE_LEARNERS[method](bench.tasks, opts, lambda: build_model(bench), "ce", head_loss(heads))
@@ -84,7 +88,7 @@ def run_one(bench: Benchmark, method: str, opts: OnlineOptions, progress: bool =
     for task in bench.tasks:
         steps = (len(task) // opts.batch_size) * opts.glances
         try:
-            seconds = learner.learn(task, steps, progress=progress)
+            seconds = learn_task(learner, task, steps, progress=progress)
         except DivergedError as e:  # recorded; the other runs go on
             return {"method": method, "label": label(method, opts), "seed": opts.seed, "diverged": f"task {task.index + 1}, step {e.step}: {e.what} {e.loss}", "options": dataclasses.asdict(opts)}
         train_s, after_s = train_s + seconds["train_s"], after_s + seconds["after_task_s"]
@@ -93,72 +97,25 @@ def run_one(bench: Benchmark, method: str, opts: OnlineOptions, progress: bool =
             "train_s": train_s + after_s, "options": dataclasses.asdict(opts)}  # fmt: skip
 
 
-@dataclass
-class BenchConfig:
-    bench: str
-    methods: tuple[str, ...] = ("all",)
-    seeds: int = 3
-    data: str | None = None
-    tasks: int | None = None  # the first tasks only (a shorter stream, stated in the output)
-    out: str | Path | None = None
-    overrides: dict = field(default_factory=dict)  # OnlineOptions fields set by the user, for every method
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-
-
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
-
-
-def table(bench: Benchmark, records: list[dict], note: str) -> str:
-    """EMCL's Table III layout for one benchmark: ACC, BWT (÷ T−1), training time, mean ± std over seeds."""
-    rows = []
-    for name in dict.fromkeys(r["label"] for r in records):
-        rs = [r for r in records if r["label"] == name and "diverged" not in r]
-        failed = [f"seed {r['seed']} diverged ({r['diverged']})" for r in records if r["label"] == name and "diverged" in r]
-        cells = [mean_std([r[k] for r in rs]) if rs else "–" for k in ("acc", "bwt", "train_s")]
-        rows.append(f"| {name} | {' | '.join(cells)} | {len(rs)}{'; ' + '; '.join(failed) if failed else ''} |")
-    head = f"## {bench.name}: {len(bench.tasks)} tasks\n\n{note}\n\n| method | ACC (%) | BWT (%, ÷ T−1) | training time (s) | seeds |\n|---|---|---|---|---|\n"
-    return head + "\n".join(rows) + "\n"
-
-
-def time_ratios(records: list[dict]) -> str:
-    """EMCL's training time beside La-MAML's and MER's, from the same run (Fig. 2)."""
-    done = [r for r in records if "diverged" not in r]
-    mean = {n: statistics.fmean(r["train_s"] for r in done if r["label"] == n) for n in dict.fromkeys(r["label"] for r in done)}
-    return "".join(f"time ratio emcl / {other}: {mean['emcl'] / mean[other]:.2f}\n" for other in ("lamaml", "mer") if "emcl" in mean and other in mean)
-
-
 def cl_bench(cfg: BenchConfig) -> list[dict]:
     """Run every (method, seed) of ``cfg``; writes table.md, time.png, matrix PNGs and metrics.json."""
     methods = list(ONLINE_LEARNERS) if "all" in cfg.methods else list(dict.fromkeys(cfg.methods))
-    for m in methods:
-        if m not in ONLINE_LEARNERS:
-            raise MclnfError(f"--method {m}: unknown; choose from {', '.join(ONLINE_LEARNERS)} or all")
-    if cfg.seeds < 1:
-        raise MclnfError(f"--seeds {cfg.seeds}: must be at least 1")
-    if cfg.bench not in BENCHMARKS:
-        raise MclnfError(f"{cfg.bench}: unknown benchmark; choose from {', '.join(BENCHMARKS)}")
     options = {(m, s): method_options(cfg.bench, m, s, cfg.overrides) for m in methods for s in range(cfg.seeds)}  # option errors first
-    out = prepare_out(Path(cfg.out) if cfg.out else Path("runs") / f"cl-bench-{cfg.bench}", cfg.resume, cfg.overwrite, resume_file="cl_bench.json")
     benches = {s: load_benchmark(cfg.bench, cfg.data, s) for s in range(cfg.seeds)}  # the stream depends on the seed
     if cfg.tasks is not None:
         if not 1 < cfg.tasks <= len(benches[0].tasks):
             raise MclnfError(f"--tasks {cfg.tasks}: must be between 2 and {len(benches[0].tasks)}")
         benches = {s: dataclasses.replace(b, tasks=b.tasks[: cfg.tasks]) for s, b in benches.items()}
+    out = prepare_out(cfg.out or Path("runs") / f"cl-bench-{cfg.bench}", cfg.resume, cfg.overwrite, resume_file="run.json")
+    cfg = dataclasses.replace(cfg, out=out)
+    described = {k: v for k, v in to_dict(cfg).items() if k not in ("methods", "seeds")}  # resuming may add methods and seeds
+    start_run(out, "cl-bench", described, cfg.resume, RESUMABLE)
+    (out / "runs").mkdir(exist_ok=True)
     bench = benches[0]
     notes = [bench.deviation] if bench.deviation else []
     if cfg.tasks is not None:
         notes.append(f"Only the first {cfg.tasks} tasks of the stream.")
     note = " ".join(n if n.endswith(".") else n + "." for n in notes) or "The paper's protocol."
-    described = {"bench": cfg.bench, "data": cfg.data, "tasks": cfg.tasks, "overrides": cfg.overrides}
-    if cfg.resume:
-        was = json.loads((out / "cl_bench.json").read_text())
-        if was != described:
-            raise MclnfError(f"--resume: {out} was run with other settings ({was}); start a new --out")
-    make_dir(out / "runs")
-    write_text(out / "cl_bench.json", json.dumps(described))
     print(f"{cfg.bench}: {note}", file=sys.stderr)
     records = []
     for m in methods:
@@ -171,7 +128,15 @@ def cl_bench(cfg: BenchConfig) -> list[dict]:
             write_text(path, json.dumps(r))
             records.append(r)
             print(f"{r['label']} seed {s}: " + (f"diverged at {r['diverged']}" if "diverged" in r else f"ACC {r['acc']:.2f}  BWT {r['bwt']:.2f}  {r['train_s']:.1f} s"), file=sys.stderr)
-    text = table(bench, records, note) + "\n" + time_ratios(records)
+    text = table3(bench.name, len(bench.tasks), records, note) + "\n" + time_ratios(records)
+    write_outputs(cfg, records, text, note)
+    print(text, end="")
+    return records
+
+
+def write_outputs(cfg: BenchConfig, records: list[dict], text: str, note: str) -> None:
+    """``table.md``, ``time.png`` (Fig. 2), one mean accuracy matrix per method and ``metrics.json``."""
+    out = cfg.out
     write_text(out / "table.md", text)
     done = [r for r in records if "diverged" not in r]
     labels = list(dict.fromkeys(r["label"] for r in done))
@@ -183,5 +148,3 @@ def cl_bench(cfg: BenchConfig) -> list[dict]:
         mean_R = [[statistics.fmean(R[i][j] for R in Rs) for j in range(len(Rs[0]))] for i in range(len(Rs[0]))]
         plot_matrix(mean_R, "accuracy", out / f"matrix_{re.sub(r'[^A-Za-z0-9-]+', '_', n).strip('_')}.png", title=f"{cfg.bench} · {n} · mean of {len(Rs)} seeds")
     write_text(out / "metrics.json", json.dumps({"bench": cfg.bench, "note": note, "records": records, "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=1))
-    print(text, end="")
-    return records

@@ -26,7 +26,7 @@ from mclnf.errors import MclnfError
 
 @dataclass
 class ClassTask:
-    """One task of an online classification stream (the learners of mclnf.continual take it as they take a field's Task).
+    """One task of an online classification stream (the continual learners of :mod:`mclnf.learners` take it as they take a field's :class:`~mclnf.signals.tasks.Task`).
 
     ``x`` (N, *input_shape) float32 and ``y`` (N,) int64 global class ids are the training samples in
     stream order; ``test_x``, ``test_y`` the task's test set; ``classes`` the task's sorted class ids

@@ -7,7 +7,7 @@ from itertools import pairwise
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mclnf.clbench.data import Benchmark
+from mclnf.signals.classification import Benchmark
 
 
 def mlp(in_features: int = 784, hidden: int = 100, layers: int = 2, out_features: int = 10) -> nn.Sequential:

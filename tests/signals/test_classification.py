@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import DATA
 
-from mclnf.clbench.data import (
+from mclnf.errors import MclnfError
+from mclnf.signals.classification import (
     MINIIMAGENET_FILES,
     _permutation,
     load_benchmark,
@@ -23,7 +24,6 @@ from mclnf.clbench.data import (
     split_cifar100,
     split_miniimagenet,
 )
-from mclnf.errors import MclnfError
 
 MNIST = DATA / "mnist"
 

@@ -1,0 +1,143 @@
+"""``mclnf meta-test``: test-time optimization from meta-learned initializations, against baselines.
+
+The meta-test signals are DATASET's meta-test part, loaded with the run's own options (resize, clip,
+split seed …) and checked to be the files the run left out. Every meta-test signal arrives as the
+run's task stream. For every step count s of ``steps`` (1, 2, 4, …, 4096 by default) each method learns
+the stream afresh with s steps per task (the offline methods ``mol`` and ``ol``: s·T steps on the whole
+signal) and the whole signal is scored (PSNR and SSIM, PESQ for audio). Each meta method meets the
+stream with its own test-time learner (:meth:`mclnf.learners.MetaMethod.test_learner`) and the inner
+loop's optimizer (SGD at the inner learning rate) unless ``test_optimizer`` is given; the baselines
+(``ol``, ``cl``, ``er``, ``ewc``, ``mer``, ``modular``) start from random initializations with
+``baseline_optimizer`` (Adam 1e-4, as ``mclnf continual``).
+
+Outputs: ``table.md`` (MCL-NF's Table 1: Step 1 / Best (step) / Final, per metric), ``compute.md``
+(Table 6: parameters, peak memory of one test-time step per task — allocations, see
+:func:`~mclnf.eval.memory.allocated_peak_mib` — episodes/s, final PSNR), ``psnr_vs_step.png`` (Fig. 2),
+``grid_step{s}.png`` for images (Fig. 3; reconstructions of the first signals, one row per method) or
+reconstruction files for audio/video, ``metrics.json`` and ``run.json``. An *episode* is one
+test-time optimization step on one task (one batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from time import perf_counter
+
+from mclnf.config import MetaTestConfig, loader_options
+from mclnf.errors import MclnfError
+from mclnf.eval.memory import allocated_peak_mib
+from mclnf.eval.metrics import finite_mean
+from mclnf.eval.plots import plot_meta_test, plot_reconstruction_grid
+from mclnf.eval.tables import compute_table, summarize, table1
+from mclnf.io import atomic_path, write_text
+from mclnf.learners import CONTINUAL_LEARNERS, Learner, LearnerOptions
+from mclnf.options import to_dict
+from mclnf.runs import MetaRun, load_init, prepare_out, start_run
+from mclnf.signals import Signal
+from mclnf.signals.datasets import MetaDataset, load_dataset
+from mclnf.signals.tasks import Task, split_signal
+from mclnf.train import learn_task
+
+
+def check_dataset(runs: list[MetaRun], dataset: str) -> MetaDataset:
+    """DATASET's meta-test split, checked to be the one every run was meta-trained beside."""
+    cfg = runs[0].config
+    for r in runs[1:]:
+        if r.test_files != runs[0].test_files or r.method.layout != runs[0].method.layout:
+            raise MclnfError(f"{r.path}: meta-tested together with {runs[0].path} but its meta-test split or signal layout differs")
+        if (r.config.tasks, r.config.split) != (cfg.tasks, cfg.split):
+            raise MclnfError(f"{r.path}: its task stream ({r.config.tasks} tasks) differs from {runs[0].path}'s ({cfg.tasks})")
+    lists = None if cfg.train_list is None else (cfg.train_list, cfg.test_list)
+    ds = load_dataset(dataset, loader_options(cfg), cfg.test_fraction, cfg.split_seed, lists, cfg.clip, cfg.block_views)
+    if ds.test_files != runs[0].test_files:
+        raise MclnfError(f"{dataset}: its meta-test split differs from the one {runs[0].path} was meta-trained beside (different files or split options)")
+    if ds.layout != runs[0].method.layout:
+        raise MclnfError(f"{dataset}: its signals ({ds.layout}) differ from those {runs[0].path} was meta-trained on ({runs[0].method.layout})")
+    return ds
+
+
+def make_learner(entry: MetaRun | str, signal: Signal, tasks: list[Task], cfg: MetaTestConfig, base, batch: int) -> Learner:
+    """A meta run's test-time learner from its θ₀, or a baseline (a continual learner's name) from a random initialization."""
+    if isinstance(entry, str):
+        opts = LearnerOptions(optimizer=cfg.baseline_optimizer, lr=cfg.baseline_lr, batch_size=batch, seed=cfg.seed)
+        return CONTINUAL_LEARNERS[entry].for_signal(signal, tasks, base, opts)
+    lr = cfg.test_lr or (entry.config.inner_lr if cfg.test_optimizer in (None, "sgd") else None)
+    opts = LearnerOptions(optimizer=cfg.test_optimizer or "sgd", lr=lr, batch_size=batch, seed=cfg.seed)
+    return entry.method.test_learner(signal, tasks, opts, entry.theta)
+
+
+def score(entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs: list[MetaRun], steps: list[int], grid_steps: list[int]) -> dict:
+    """Every step count of one method on every meta-test signal; returns its record."""
+    layout, first = runs[0].method.layout, runs[0].config
+    name = entry if isinstance(entry, str) else entry.name
+    metric_names = list(layout.metrics(signals[0].values, signals[0].values))
+    per_step: dict[int, list[dict]] = {s: [] for s in steps}
+    seconds, episodes, recon = 0.0, 0, {}
+    for i, signal in enumerate(signals):
+        tasks = split_signal(signal, first.split, first.tasks)
+        batch = cfg.batch_size or max(len(t) for t in tasks)
+        for s in steps:
+            learner = make_learner(entry, signal, tasks, cfg, runs[0].base_field, batch)
+            t0 = perf_counter()
+            for task in tasks:
+                learn_task(learner, task, s, progress=False)
+            seconds += perf_counter() - t0
+            episodes += s * len(tasks)
+            per_step[s].append(layout.metrics(learner.predict(signal.eval_coords), signal.eval_values))
+            if s in grid_steps and i < cfg.grid_signals:
+                recon[(s, i)] = layout.reconstruct(learner.predict)
+        if cfg.progress:
+            done = "  ".join(f"{s}:{per_step[s][-1]['psnr']:.2f}" for s in steps)
+            print(f"meta-test {name} signal {i + 1}/{len(signals)}  PSNR by step  {done}", file=sys.stderr)
+
+    tasks = split_signal(signals[0], first.split, first.tasks)  # the memory of test-time optimization: one step per task
+    learner = make_learner(entry, signals[0], tasks, cfg, runs[0].base_field, cfg.batch_size or max(len(t) for t in tasks))
+    peak = allocated_peak_mib(lambda: [learn_task(learner, task, 1, progress=False) for task in tasks])
+    curve = {s: {m: finite_mean([r[m] for r in per_step[s]]) for m in metric_names} for s in steps}
+    return {"name": name, "kind": "baseline" if isinstance(entry, str) else "meta", "curve": curve, "per_signal": per_step,
+            "summary": {m: summarize(curve, m) for m in metric_names}, "params": sum(p.numel() for p in learner.model.parameters()), "peak_mib": peak,
+            "episodes_per_s": episodes / seconds, "test_s": seconds, "recon": recon}  # fmt: skip
+
+
+def meta_test(cfg: MetaTestConfig) -> list[dict]:
+    """Meta-test ``cfg.runs`` and the baselines on the dataset's meta-test signals; returns one record per method."""
+    steps = sorted(set(cfg.steps))
+    grid_steps = sorted(set(cfg.grid_steps or [steps[0], steps[-1]]))
+    runs = [load_init(p) for p in cfg.runs]
+    ds = check_dataset(runs, cfg.dataset)
+    signals = ds.test[: cfg.signals] if cfg.signals else ds.test
+    out = prepare_out(cfg.out or Path(runs[0].path) / "meta-test", False, cfg.overwrite)
+    cfg = dataclasses.replace(cfg, out=out)
+    start_run(out, "meta-test", to_dict(cfg), False, ())
+    records = [score(entry, signals, cfg, runs, steps, grid_steps) for entry in [*runs, *cfg.baselines]]
+    write_outputs(cfg, records, signals, ds, steps, grid_steps, runs[0].config)
+    return records
+
+
+def write_outputs(cfg: MetaTestConfig, records: list[dict], signals: list[Signal], ds: MetaDataset, steps: list[int], grid_steps: list[int], first) -> None:
+    """The tables, the curve plot, the reconstruction grids (images) or files (other kinds) and ``metrics.json``."""
+    layout, out = ds.layout, cfg.out
+    metric_names = list(records[0]["summary"])
+    write_text(out / "table.md", table1(records, metric_names))
+    write_text(out / "compute.md", compute_table(records, layout.primary_metric))
+    plot_meta_test(records, layout.primary_metric, out / f"{layout.primary_metric}_vs_step.png", title=f"{cfg.dataset} · {len(signals)} meta-test signals · {first.tasks} tasks")
+    for s in grid_steps:
+        if layout.kind == "image":
+            plot_reconstruction_grid(records, signals[: cfg.grid_signals], layout, s, out / f"grid_step{s}.png")
+        else:
+            for r in records:
+                tag = r["name"].replace(" ", "").replace("(", "-").replace(")", "")
+                with atomic_path(out / f"{tag}_step{s}{layout.suffix}") as tmp:
+                    layout.save(r["recon"][(s, 0)], tmp)
+    summary = {"dataset": cfg.dataset, "signals": [s.name for s in signals], "steps": steps, "tasks": first.tasks, "split": first.split,
+               "runs": [str(p) for p in cfg.runs], "methods": [{k: v for k, v in r.items() if k != "recon"} for r in records], "config": to_dict(cfg)}  # fmt: skip
+    write_text(out / "metrics.json", json.dumps(summary, indent=1, default=str))
+
+
+def summary(records: list[dict], out: Path) -> str:
+    """What ``mclnf meta-test`` prints at the end: Table 1 of the first metric, the compute table, the output folder."""
+    metrics = list(records[0]["summary"])
+    return table1(records, metrics[:1]) + compute_table(records, metrics[0]) + f"outputs in {out}\n"

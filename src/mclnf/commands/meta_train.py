@@ -1,0 +1,159 @@
+"""``mclnf meta-train``: meta-learn a field initialization θ₀ on a dataset's meta-train signals.
+
+Each outer step draws a meta-batch of ``meta_batch`` signals (a permutation fixed by the seed and the
+step alone) and takes :func:`mclnf.train.meta_step`: the method's meta-objective, the meta-gradient's
+norm clipped, an Adam step on θ₀. Under ``torchrun`` (torch.distributed: gloo on CPU, nccl on GPU)
+every process takes a contiguous slice of the same meta-batch and the summed gradients are
+all-reduced, so N processes compute what one process computes on the whole meta-batch.
+
+Outputs: ``init.safetensors`` (θ₀ with the method, field and layout as metadata — what
+``mclnf meta-test`` reads), ``checkpoint.pt`` every ``checkpoint_every`` steps (θ₀, Adam state, EMCL's
+importance; ``--resume`` continues bit-exactly), ``meta_train.json``, ``meta_train.png`` and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from time import perf_counter
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from mclnf.config import MetaTrainConfig, RunOptions, loader_options, resolve_meta
+from mclnf.errors import DivergedError, MclnfError
+from mclnf.eval.plots import plot_meta_curve
+from mclnf.io import load_checkpoint, save_checkpoint, write_text
+from mclnf.learners import meta_method
+from mclnf.learners.emcl import Importance
+from mclnf.options import to_dict
+from mclnf.runs import prepare_out, save_init, start_run
+from mclnf.sampling import permutation
+from mclnf.signals.datasets import MetaDataset, load_dataset
+from mclnf.train import meta_step
+
+RESUMABLE = ("outer_steps", "checkpoint_every", *(f.name for f in dataclasses.fields(RunOptions)))
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, (0, 1) when not distributed."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def init_distributed(device: str) -> None:
+    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1); nothing otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def load(cfg: MetaTrainConfig) -> MetaDataset:
+    lists = None if cfg.train_list is None else (cfg.train_list, cfg.test_list)
+    return load_dataset(cfg.dataset, loader_options(cfg), cfg.test_fraction, cfg.split_seed, lists, cfg.clip, cfg.block_views)
+
+
+def meta_batch(n_signals: int, size: int, seed: int, step: int) -> torch.Tensor:
+    """The signals of outer step ``step``: ``size`` distinct ones, fixed by (seed, step)."""
+    return permutation(n_signals, seed, step, 7)[:size]
+
+
+def meta_train(cfg: MetaTrainConfig) -> dict | None:
+    """Meta-train as ``cfg`` says; returns the record also written to ``meta_train.json`` (None on processes other than rank 0)."""
+    init_distributed(cfg.device)
+    rank, size = world()
+    ds = load(cfg)  # every input error before the output folder is touched
+    cfg = resolve_meta(cfg, ds.layout.kind)
+    if cfg.meta_batch > len(ds.train):
+        raise MclnfError(f"--meta-batch {cfg.meta_batch}: larger than the {len(ds.train)} meta-train signals")
+    if cfg.meta_batch % size:
+        raise MclnfError(f"--meta-batch {cfg.meta_batch}: not divisible by the {size} processes")
+    device = torch.device(cfg.device)
+    method = meta_method(ds.layout, cfg.field_config(ds.layout), cfg)
+    method.template.to(device)
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"meta-{Path(cfg.dataset).stem}-{cfg.method}"
+    if rank == 0:
+        prepare_out(out, cfg.resume, cfg.overwrite)
+    cfg = dataclasses.replace(cfg, out=out)
+
+    theta = {k: v.to(device).requires_grad_() for k, v in method.init_params(cfg.seed).items()}
+    optimizer = torch.optim.Adam(theta.values(), lr=cfg.outer_lr)
+    importance = Importance(cfg.emcl_eta, [torch.ones_like(theta[k]) for k in method.fast]) if cfg.meta_grad == "emcl" else None
+    start, elapsed, curve = 0, 0.0, []
+    if rank == 0:
+        start_run(out, "meta-train", to_dict(cfg), cfg.resume, RESUMABLE)
+    if cfg.resume:
+        start, elapsed, curve = resume_state(out, cfg, theta, optimizer, importance)
+
+    values = ds.values("train").to(device)
+    coords = ds.coords("train")
+    coords = None if coords is None else coords.to(device)
+    count = cfg.meta_batch * (cfg.tasks if method.modular else 1)  # tasks in the global meta-batch
+    lo, hi = rank * cfg.meta_batch // size, (rank + 1) * cfg.meta_batch // size
+    bar = tqdm(total=cfg.outer_steps, initial=start, desc=f"meta-train {cfg.method}", disable=not cfg.progress or rank, mininterval=1.0, dynamic_ncols=True)
+    last_saved = start or None
+    try:
+        for step in range(start + 1, cfg.outer_steps + 1):
+            t0 = perf_counter()
+            batch = meta_batch(len(ds.train), cfg.meta_batch, cfg.seed, step)[lo:hi].to(device)
+            try:
+                loss, grad_norm = meta_step(method, theta, optimizer, values[batch], None if coords is None else coords[batch], count, importance,
+                                            method.task_subset(cfg.seed, step), cfg.clip_grad)  # fmt: skip
+            except DivergedError as e:
+                kept = f"the checkpoint of step {last_saved} is kept (--resume continues from it)" if last_saved else "no checkpoint was written yet"
+                raise DivergedError(step, e.loss, last_saved, where=f" (meta-train {cfg.method})", kept=kept, hint="try a lower --outer-lr or --inner-lr") from None
+            elapsed += perf_counter() - t0
+            curve.append({"step": step, "loss": loss, "grad_norm": grad_norm, "time_s": elapsed})
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
+            if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.outer_steps):
+                save_init(out / "init.safetensors", theta, method, cfg, ds, step)
+                save_checkpoint(out / "checkpoint.pt", {"config": to_dict(cfg), "step": step, "elapsed": elapsed, "curve": curve,
+                                                        "theta": {k: v.detach().cpu() for k, v in theta.items()}, "optimizer": optimizer.state_dict(),
+                                                        "importance": None if importance is None else importance.state_dict(), "rng": torch.get_rng_state()})  # fmt: skip
+                last_saved = step
+    finally:
+        bar.close()
+    return write_outputs(cfg, ds, method, theta, curve, start) if rank == 0 else None
+
+
+def resume_state(out: Path, cfg: MetaTrainConfig, theta: dict, optimizer: torch.optim.Optimizer, importance: Importance | None) -> tuple[int, float, list]:
+    """Load the checkpoint of the run in ``out`` into θ₀, the outer optimizer and the importance; returns (step, seconds, curve)."""
+    ck = load_checkpoint(out / "checkpoint.pt")
+    if ck["step"] >= cfg.outer_steps:
+        raise MclnfError(f"--outer-steps {cfg.outer_steps}: the run in {out} already reached step {ck['step']}")
+    with torch.no_grad():
+        for k, v in ck["theta"].items():
+            theta[k].copy_(v)
+    optimizer.load_state_dict(ck["optimizer"])
+    if importance is not None:
+        importance.load_state_dict({**ck["importance"], "h": [h.to(theta[next(iter(theta))].device) for h in ck["importance"]["h"]]})
+    torch.set_rng_state(ck["rng"])  # scenes: the stratified jitter of the steps to come
+    return ck["step"], ck["elapsed"], ck["curve"]
+
+
+def write_outputs(cfg: MetaTrainConfig, ds: MetaDataset, method, theta: dict, curve: list[dict], start: int) -> dict:
+    """``meta_train.png`` and ``meta_train.json``; returns the record."""
+    elapsed = curve[-1]["time_s"]
+    record = {
+        "dataset": cfg.dataset, "kind": ds.layout.kind, "method": cfg.method, "meta_grad": cfg.meta_grad,
+        "params": sum(v.numel() for v in theta.values()), "outer_steps": cfg.outer_steps, "meta_batch": cfg.meta_batch,
+        "signals": {"train": len(ds.train), "test": len(ds.test)}, "train_s": elapsed,
+        "episodes_per_s": cfg.meta_batch * (cfg.outer_steps - start) / max(elapsed - (curve[start - 1]["time_s"] if start else 0.0), 1e-9),
+        "final_loss": curve[-1]["loss"], "curve": curve, "field": method.field_config.to_dict(), "layout": ds.layout.to_dict(),
+        "config": to_dict(cfg), "train_files": ds.train_files, "test_files": ds.test_files, "processes": world()[1],
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }  # fmt: skip
+    plot_meta_curve(curve, cfg.out / "meta_train.png", title=f"{cfg.dataset} · {cfg.method} · {cfg.meta_grad}")
+    write_text(cfg.out / "meta_train.json", json.dumps(record, indent=1))
+    if cfg.progress:
+        print(f"meta-trained {cfg.method} ({cfg.meta_grad}) for {cfg.outer_steps} outer steps in {elapsed:.1f} s; loss after adaptation {record['final_loss']:.4g}", file=sys.stderr)
+    return record
+
+
+def summary(record: dict) -> str:
+    """The lines ``mclnf meta-train`` prints at the end."""
+    return (f"{record['method']} ({record['meta_grad']}): {record['params']:,} parameters, {record['outer_steps']} outer steps on {record['signals']['train']} signals "
+            f"in {record['train_s']:.1f} s, loss after adaptation {record['final_loss']:.4g}\noutputs in {record['config']['out']}\n")  # fmt: skip

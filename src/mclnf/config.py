@@ -1,0 +1,373 @@
+"""Every command's config, composed of option groups declared once (:mod:`mclnf.options` makes the CLI of them).
+
+Groups: :class:`FieldOptions`, :class:`LoaderOptions`, :class:`SceneOptions`, :class:`OccupancyOptions`,
+:class:`OptimOptions`, :class:`RunOptions`, :class:`StreamOptions`, :class:`DatasetOptions`,
+:class:`OuterOptions`, and the learners' own (:class:`~mclnf.learners.base.StrategyOptions`,
+:class:`~mclnf.learners.base.OnlineOptions`, :class:`~mclnf.learners.meta.MetaOptions`). Options whose
+default depends on the signal are None until :func:`resolve` fills them with the kind's defaults
+(:data:`DEFAULTS`, :data:`KIND_DEFAULTS`) and checks that every option given applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mclnf.errors import MclnfError
+from mclnf.fields import ACTIVATIONS, FieldConfig
+from mclnf.learners import CONTINUAL_LEARNERS, ONLINE_LEARNERS
+from mclnf.learners.base import LearnerOptions, OnlineOptions, StrategyOptions
+from mclnf.learners.meta import MetaOptions
+from mclnf.optim import OPTIMIZERS, default_lr
+from mclnf.optim.auto import choose_optimizer
+from mclnf.options import check_positive, check_positive_int, flag_name, option
+from mclnf.signals import Layout, Signal, load_signal, signal_kind
+from mclnf.signals.classification import BENCHMARKS
+
+DEFAULTS = {"activation": "sine", "width": 256, "depth": 5, "batch_size": 512}  # of options left unset, unless the kind's say otherwise
+KIND_DEFAULTS = {  # per-kind defaults of options left unset
+    "image": {"resize": 256},  # the papers' 256 × 256
+    "audio": {"first_omega0": 3000.0},  # SIREN's audio setting: time in [-1, 1] spans the whole clip
+    # NeRF's ReLU + positional encoding (on lego 25.8 dB held-out in 6 minutes; gaussian σ 0.1, the preconditioner paper's NeRF, 22.1), sized for 2 cores
+    "radiance": {"activation": "relu-pe", "sigma": 0.1, "width": 128, "depth": 4, "batch_size": 1024},
+}
+KIND_LR = {("radiance", "adam"): 1e-3}  # NeRF's 5e-4 order; 1e-4 (the image fields') was 4.5 dB behind on lego after 400 steps
+ACTIVATION_OPTIONS = {  # the field options that apply to each activation
+    "sine": ("omega0", "first_omega0"), "gaussian": ("sigma",), "wavelet": ("omega0", "s0"), "relu": (), "relu-pe": ("pe_frequencies",),
+}  # fmt: skip
+SIGNAL_OPTIONS = {  # the loader options that apply to each kind
+    "image": ("resize", "crop", "gray", "pad"),
+    "audio": ("start", "duration"),
+    "video": ("frames", "start_frame", "resize"),
+    "occupancy": ("points", "eval_points", "resolution"),
+    "radiance": ("resize", "holdout", "samples", "importance", "scene_bound", "direction"),
+}
+FIELD_OPTIONS = ("width", "depth", "activation", "omega0", "first_omega0", "sigma", "s0", "pe_frequencies")
+META_TASK_BATCH = {"radiance": 256}  # rays of each task per outer step: a scene block's tasks hold thousands
+
+
+# ---- option groups -------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class FieldOptions:
+    """field"""
+
+    activation: str | None = option(None, "sine (SIREN), gaussian, wavelet (real Gabor, WIRE), relu, relu-pe (ReLU with positional encoding) (default: sine; radiance relu-pe)", choices=ACTIVATIONS)
+    width: int | None = option(None, "hidden units per layer (default: 256; radiance 128; mcl-nf modules: width / √T)")
+    depth: int | None = option(None, "number of linear layers (default: 5; radiance 4; 5 × 256 from 2 to 3: 198,915 parameters)")
+    omega0: float | None = option(None, "sine/wavelet frequency ω₀ (default: sine 30, wavelet 10)")
+    first_omega0: float | None = option(None, "sine: ω₀ of the first layer (default: ω₀; audio 3000 as SIREN)")
+    sigma: float | None = option(None, "gaussian: width σ (default: 0.05; radiance 0.1)")
+    s0: float | None = option(None, "wavelet: window scale s₀ (default: 10)")
+    pe_frequencies: int | None = option(None, "relu-pe: number of frequencies L (default: 8)")
+
+    def __post_init__(self):
+        check_positive_int(self, "width", "depth", "pe_frequencies")
+        getattr(super(), "__post_init__", lambda: None)()
+
+    def field_config(self, layout: Layout) -> FieldConfig:
+        """The field these options describe for signals of ``layout``."""
+        return FieldConfig(in_dim=layout.in_dim, out_dim=layout.out_dim, **{k: getattr(self, k) for k in FIELD_OPTIONS})
+
+
+@dataclass(kw_only=True)
+class LoaderOptions:
+    """signal (each applies to the kinds named)"""
+
+    resize: int | None = option(None, "image/video: scale so the longer side has this many pixels, bilinear (image default: 256; 0 keeps the size)")
+    crop: tuple[int, int] | None = option(None, "image: centred crop before resizing", metavar=("H", "W"))
+    gray: bool | None = option(None, "image: convert to luminance", action="store_true")
+    pad: int | None = option(None, "image: zero rows/columns added on every side, last (MCL-NF's CelebA: --crop 178 178 --resize 0 --pad 1)")
+    start: float | None = option(None, "audio: start time in seconds")
+    duration: float | None = option(None, "audio: length in seconds (default: to the end)")
+    frames: int | None = option(None, "video: number of frames (default: all)")
+    start_frame: int | None = option(None, "video: first frame (default: 0)")
+
+
+@dataclass(kw_only=True)
+class SceneOptions:
+    """scene (posed images: a radiance field)"""
+
+    holdout: int | None = option(None, "scene (.npz, LLFF): every N-th view is held out for evaluation (default: 8)")
+    samples: int | None = option(None, "scene: stratified samples per ray (default: 64)")
+    importance: int | None = option(None, "scene: extra samples per ray drawn from the first pass's weights (hierarchical sampling; default: 0)")
+    scene_bound: float | None = option(None, "scene: half-size of the scene box around its centre, world units (default: the ball every camera sees whole)")
+    direction: str | None = option(None, "scene: view direction as 2 angles (field input 5, default) or a unit vector (input 6)", choices=("angles", "vector"))
+
+
+@dataclass(kw_only=True)
+class OccupancyOptions:
+    """occupancy (meshes)"""
+
+    points: int | None = option(None, "occupancy: training points, 1/3 uniform and 2/3 near the surface (default: 100000)")
+    eval_points: int | None = option(None, "occupancy: held-out points for IoU (default: 100000)")
+    resolution: int | None = option(None, "occupancy: marching-cubes grid of the reconstruction (default: 128)")
+
+    def __post_init__(self):
+        if self.resolution is not None and self.resolution < 2:
+            raise MclnfError(f"--resolution {self.resolution}: must be at least 2")
+        getattr(super(), "__post_init__", lambda: None)()
+
+
+@dataclass(kw_only=True)
+class OptimOptions:
+    """optimization"""
+
+    optimizer: str = option("adam", "optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's)", choices=tuple(OPTIMIZERS))
+    lr: float | None = option(None, "learning rate (default: " + ", ".join(f"{k} {default_lr(k):g}" for k in OPTIMIZERS) + "; radiance adam 1e-3)")
+    steps: int = option(2000, "training steps (mini-batches)")
+    batch_size: int | None = option(None, "samples (radiance: rays) per mini-batch; each epoch visits every sample once (default: 512; radiance 1024)")
+    seed: int = option(0, "seed of initialization, batch order and occupancy points; same seed, same result")
+
+    def __post_init__(self):
+        check_positive_int(self, "steps", "batch_size")
+        if self.lr is not None:
+            check_positive(self, "lr")
+        getattr(super(), "__post_init__", lambda: None)()
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """run"""
+
+    out: Path | None = option(None, "output folder (default: runs/<command>-<input>-<variant>)")
+    resume: bool = option(False, "continue the run in --out from its checkpoint")
+    overwrite: bool = option(False, "replace a previous run in --out (only a folder that holds an mclnf run)")
+    progress: bool = option(True, "no progress bar", flag="quiet")
+
+
+@dataclass(kw_only=True)
+class StreamOptions:
+    """task stream"""
+
+    tasks: int = option(4, "number of tasks T")
+    split: str | None = option(None, "image: patches (default; T strips along x) or resolution (T = s² pixel-parity sub-images); video/audio: time; mesh: space (default; T slabs along x); "
+                               "scene: space (blocks of the scene box, a view goes with its camera's block) or views (default; T groups of consecutive views)",
+                               choices=("patches", "resolution", "time", "space", "views"))  # fmt: skip
+    grid: tuple[int, ...] | None = option(None, "patches: ROWS COLS; space: GX GY GZ (product = --tasks; the MCL-NF paper's 4 scene blocks: 2 2 1)")
+    learner: str = option("cl", "ol (offline, all tasks at once), cl (fine-tuning), er (experience replay), ewc, mer (meta-experience replay), modular (one module per region), all",
+                          choices=(*CONTINUAL_LEARNERS, "all"))  # fmt: skip
+
+    def __post_init__(self):
+        check_positive_int(self, "tasks")
+        if self.learner != "all" and self.learner not in CONTINUAL_LEARNERS:
+            raise MclnfError(f"--learner {self.learner}: unknown; choose one of {', '.join(CONTINUAL_LEARNERS)} or all")
+        getattr(super(), "__post_init__", lambda: None)()
+
+
+@dataclass(kw_only=True)
+class DatasetOptions:
+    """dataset"""
+
+    dataset: str = option("lfw_subset", "a folder or glob pattern of images, audio clips or videos, lfw_subset, or one scene (cut into blocks of views)", positional=True)
+    test_fraction: float = option(0.3, "share of the files kept for meta-test (seeded by --split-seed)")
+    split_seed: int = option(0, "seed of the meta-train/meta-test split")
+    train_list: str | None = option(None, "a text file naming the meta-train files, one per line (with --test-list)")
+    test_list: str | None = option(None, "a text file naming the meta-test files, one per line")
+    clip: float | None = option(None, "audio: seconds, video: frames per clip; files are cut into consecutive clips")
+    block_views: int | None = option(None, "scene: views per block; the scene's training views are cut into blocks of cameras adjacent in azimuth (default: 8)")
+
+    def __post_init__(self):
+        if (self.train_list is None) != (self.test_list is None):
+            raise MclnfError("--train-list and --test-list: give both or neither")
+        getattr(super(), "__post_init__", lambda: None)()
+
+
+@dataclass(kw_only=True)
+class OuterOptions:
+    """outer loop"""
+
+    outer_steps: int = option(500, "outer (meta) steps")
+    meta_batch: int = option(4, "signals per outer step (all processes together)")
+    outer_lr: float = option(1e-4, "Adam learning rate of θ₀ (Learned Init's 1e-5 is for ~10⁵ outer steps; CPU-scale runs take hundreds)")
+    clip_grad: float = option(1.0, "meta-gradient norm clipping")
+    seed: int = option(0, "seed of θ₀ and of the meta-batches")
+    checkpoint_every: int = option(50, "outer steps between checkpoints")
+
+    def __post_init__(self):
+        check_positive_int(self, "outer_steps", "meta_batch", "checkpoint_every")
+        check_positive(self, "outer_lr", "clip_grad")
+        getattr(super(), "__post_init__", lambda: None)()
+
+
+@dataclass(kw_only=True)
+class DeviceOptions:
+    """device"""
+
+    device: str = option("cpu", "cpu or cuda[:N]")
+
+    def __post_init__(self):
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise MclnfError(f"--device {self.device}: not a device name (cpu, cuda, cuda:N)") from None
+        if device.type != "cpu" and not (device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()):
+            raise MclnfError(f"--device {self.device}: not available on this machine (use cpu)")
+        getattr(super(), "__post_init__", lambda: None)()
+
+
+# ---- the commands' configs -----------------------------------------------------------------------
+@dataclass(kw_only=True)
+class SignalArgument:
+    """signal"""
+
+    signal: str = option(dataclasses.MISSING, "a PNG/JPEG/TIFF image, a scikit-image image name (camera, astronaut, ...), a WAV/FLAC/OGG clip, an MP4/GIF video, "
+                         "an OBJ/PLY/STL/OFF mesh (occupancy) or a scene of posed images (.npz, NeRF-synthetic or LLFF folder: a radiance field)", positional=True)  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class FitConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, DeviceOptions, RunOptions):
+    """fit"""
+    optimizer: str = option("adam", "optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's); auto picks by the study's evidence and says why",
+                            choices=(*OPTIMIZERS, "auto"))  # fmt: skip
+    compile: bool = option(False, "torch.compile the training step's field (about 30 s to compile; ≈15 %% faster steps at batch 4096 on CPU)")
+    tensorboard: bool = option(False, "also log to --out/tensorboard")
+
+
+@dataclass(kw_only=True)
+class ContinualConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, RunOptions, StreamOptions, StrategyOptions):
+    """continual"""
+
+    steps: int = option(500, "training steps (mini-batches) per task")
+
+
+@dataclass(kw_only=True)
+class MetaTrainConfig(DatasetOptions, FieldOptions, LoaderOptions, SceneOptions, MetaOptions, OuterOptions, DeviceOptions, RunOptions):
+    """meta-train"""
+
+
+@dataclass(kw_only=True)
+class MetaTestConfig(RunOptions):
+    """meta-test"""
+
+    paths: list[str] = option(dataclasses.MISSING, "meta-train run folders, then the dataset they were meta-trained on", positional=True, metavar="RUN [RUN ...] DATASET", nargs="+")
+    steps: list[int] = option([2**k for k in range(13)], "test-time steps per task at which every method is scored")
+    signals: int | None = option(None, "meta-test only the first N signals (default: all)")
+    test_optimizer: str | None = option(None, "meta methods' test-time optimizer (default: the inner loop's SGD)", choices=tuple(OPTIMIZERS))
+    test_lr: float | None = option(None, "its learning rate (default: the inner learning rate for sgd, else the optimizer's)")
+    baselines: list[str] = option(["ol", "cl", "er", "ewc", "mer"], "non-meta baselines from random initializations (modular: one module per task)",
+                                  choices=tuple(CONTINUAL_LEARNERS), nargs="*")  # fmt: skip
+    baseline_optimizer: str = option("adam", "the baselines' optimizer", choices=tuple(OPTIMIZERS))
+    baseline_lr: float = option(1e-4, "the baselines' learning rate")
+    batch_size: int | None = option(None, "samples per test-time step (default: the whole task)")
+    grid_steps: list[int] | None = option(None, "steps whose reconstructions are drawn (default: the first and last)")
+    grid_signals: int = option(4, "signals in each reconstruction grid")
+    seed: int = option(0, "seed of the baselines' initializations and batch orders")
+
+    def __post_init__(self):
+        if self.resume:
+            raise MclnfError("--resume: meta-test runs cannot be resumed yet")
+        if len(self.paths) < 2:
+            raise MclnfError("meta-test: give one or more RUN folders and then the DATASET")
+        bad = [b for b in self.baselines if b not in CONTINUAL_LEARNERS]
+        if bad:
+            raise MclnfError(f"--baselines {bad[0]}: unknown; choose from {', '.join(CONTINUAL_LEARNERS)}")
+        if not self.steps or any(s < 1 for s in self.steps):
+            raise MclnfError(f"--steps {' '.join(map(str, self.steps))}: step counts must be positive")
+        if self.grid_steps is not None and not set(self.grid_steps) <= set(self.steps):
+            raise MclnfError(f"--grid-steps {' '.join(map(str, self.grid_steps))}: every grid step must be one of --steps")
+        check_positive_int(self, "signals", "batch_size", "grid_signals")
+        for name in ("test_lr", "baseline_lr"):
+            if getattr(self, name) is not None:
+                check_positive(self, name)
+        getattr(super(), "__post_init__", lambda: None)()
+
+    @property
+    def runs(self) -> list[Path]:
+        return [Path(p) for p in self.paths[:-1]]
+
+    @property
+    def dataset(self) -> str:
+        return self.paths[-1]
+
+
+@dataclass(kw_only=True)
+class BenchConfig(RunOptions):
+    """cl-bench"""
+
+    bench: str = option(dataclasses.MISSING, "the benchmark", positional=True, choices=tuple(BENCHMARKS))
+    methods: list[str] = option(["all"], "methods to run, or all", flag="method", choices=(*ONLINE_LEARNERS, "all"), nargs="+")
+    seeds: int = option(3, "seeds 0 … S−1 (the stream and the model depend on the seed)")
+    data: str | None = option(None, "the dataset's folder (MNIST: default ../shared/data/mnist or $MCLNF_DATA/mnist; CIFAR-100: cifar-100-python; miniImageNet: the mini-imagenet-cache-*.pkl folder)")
+    tasks: int | None = option(None, "only the first T tasks of the stream (stated in the output)")
+    overrides: dict = dataclasses.field(default_factory=dict)  # LearnerOptions set by the user, for every method (BenchOverrides on the CLI)
+
+    def __post_init__(self):
+        check_positive_int(self, "seeds", "tasks")
+        if self.bench not in BENCHMARKS:
+            raise MclnfError(f"{self.bench}: unknown benchmark; choose from {', '.join(BENCHMARKS)}")
+        for m in self.methods:
+            if m != "all" and m not in ONLINE_LEARNERS:
+                raise MclnfError(f"--method {m}: unknown; choose from {', '.join(ONLINE_LEARNERS)} or all")
+        known = {f.name for f in dataclasses.fields(LearnerOptions)}
+        for name in self.overrides:
+            if name not in known:
+                raise MclnfError(f"{flag_name(name)}: not an option of the online learners")
+        getattr(super(), "__post_init__", lambda: None)()
+
+
+@dataclass(kw_only=True)
+class BenchOverrides(StrategyOptions, OnlineOptions):
+    """overrides (default: the benchmark's, docs/cl-bench.md; an option given applies to every method)"""
+
+    lr: float | None = option(None, "SGD learning rate (sgd, er, ewc, gem, agem, mer; default 0.03)")
+
+
+# ---- kind defaults -------------------------------------------------------------------------------
+def resolve_field(cfg, kind: str):
+    """``cfg`` with unset field options (and batch size, if it has one) at the kind's defaults, after
+    checking that every field option given applies to the activation."""
+    d = {**DEFAULTS, **KIND_DEFAULTS.get(kind, {})}
+    cfg = dataclasses.replace(cfg, **{k: d[k] for k in ("activation", "width", "depth", "batch_size") if hasattr(cfg, k) and getattr(cfg, k) is None})
+    own = set(ACTIVATION_OPTIONS[cfg.activation])
+    for name in sorted({o for opts in ACTIVATION_OPTIONS.values() for o in opts} - own):
+        if getattr(cfg, name) is not None:
+            raise MclnfError(f"{flag_name(name)}: does not apply to --activation {cfg.activation}")
+    return dataclasses.replace(cfg, **{k: v for k, v in d.items() if k in own and getattr(cfg, k) is None})
+
+
+def resolve(cfg, kind: str):
+    """A fit or continual config with the kind's defaults filled in and every option checked against the kind."""
+    cfg = resolve_field(cfg, kind)
+    for name in {o for opts in SIGNAL_OPTIONS.values() for o in opts} - set(SIGNAL_OPTIONS[kind]):
+        if getattr(cfg, name) not in (None, False):
+            raise MclnfError(f"{flag_name(name)}: does not apply to {kind} signals ({cfg.signal})")
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in KIND_DEFAULTS.get(kind, {}).items() if k in SIGNAL_OPTIONS[kind] and getattr(cfg, k) is None})
+    if cfg.optimizer == "auto":
+        name, lr, _ = choose_optimizer(kind, cfg.activation)
+        cfg = dataclasses.replace(cfg, optimizer=name, lr=lr if cfg.lr is None else cfg.lr)
+    if cfg.lr is None:  # explicit, so that --resume --lr <the default> is the same run
+        cfg = dataclasses.replace(cfg, lr=KIND_LR.get((kind, cfg.optimizer), default_lr(cfg.optimizer)))
+    return cfg
+
+
+def resolve_meta(cfg: MetaTrainConfig, kind: str) -> MetaTrainConfig:
+    """A meta-train config with the kind's field defaults (sine's first ω₀ for audio) and scenes' task batch."""
+    cfg = resolve_field(cfg, kind)
+    if cfg.task_batch is None and kind in META_TASK_BATCH:
+        cfg = dataclasses.replace(cfg, task_batch=META_TASK_BATCH[kind])
+    return cfg
+
+
+def loader_options(cfg, kind: str | None = None) -> dict:
+    """The loader options ``cfg`` sets (those of ``kind`` only, when given), as keyword arguments of :func:`mclnf.signals.load_signal`."""
+    names = SIGNAL_OPTIONS[kind] if kind else [f.name for f in dataclasses.fields(LoaderOptions) + dataclasses.fields(SceneOptions)]
+    return {k: getattr(cfg, k) for k in names if k != "resolution" and getattr(cfg, k, None) not in (None, False)}
+
+
+def load_configured_signal(cfg) -> Signal:
+    """The signal ``cfg.signal`` loaded with the options of its kind that ``cfg`` sets (occupancy points seeded by ``cfg.seed``)."""
+    kind = signal_kind(cfg.signal)
+    signal = load_signal(cfg.signal, **loader_options(cfg, kind) | ({"seed": cfg.seed} if kind == "occupancy" else {}))
+    if cfg.resolution is not None:
+        signal.layout = dataclasses.replace(signal.layout, resolution=cfg.resolution)
+    return signal
+
+
+def learner_options(cfg, **changes) -> LearnerOptions:
+    """The :class:`LearnerOptions` part of a config (with ``changes``)."""
+    names = {f.name for f in dataclasses.fields(LearnerOptions)}
+    return LearnerOptions(**{**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)}, **changes})
+

@@ -1,0 +1,154 @@
+"""Options declared once: a config is a dataclass composed of option groups, and the CLI is generated from it.
+
+An option group is a keyword-only dataclass whose fields are declared with :func:`option` (default,
+help text, argparse extras) and whose docstring's first line is the group's title in ``--help``. A
+command's config inherits the groups it takes, so ``cfg.width`` reads the same in every command, and
+:func:`add_options` turns the config class into argparse arguments (flag ``--name-with-dashes``,
+type, ``nargs`` and ``choices`` from the annotation and the metadata, the default shown once, by the
+help text itself). :func:`from_args` builds the config back from the parsed namespace. Adding an
+option is one edit: a field in its group.
+
+Library code validates values and raises :class:`~mclnf.errors.MclnfError` naming the option as its
+flag (``--steps 0: must be at least 1``); the CLI prints that line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from mclnf.errors import MclnfError
+
+
+def option(default: Any = None, help: str = "", *, flag: str | None = None, positional: bool = False, cli: bool = True, **argparse_kwargs) -> Any:
+    """A dataclass field that is also a command-line option.
+
+    ``help`` is the one description (the default is appended by :func:`add_options` when it is not
+    None, so write "default: the kind's" into the help of options whose default depends on the data);
+    ``flag`` renames the flag (a ``True`` boolean becomes ``--flag`` storing False: ``progress`` →
+    ``--quiet``); ``positional`` makes it an argument; ``cli=False`` keeps it out of the CLI;
+    ``argparse_kwargs`` (``choices``, ``metavar``, ``nargs``) pass through."""
+    meta = {"help": help, "flag": flag, "positional": positional, "cli": cli, "argparse": argparse_kwargs}
+    if default is dataclasses.MISSING:  # required
+        return dataclasses.field(metadata=meta)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation) -> tuple[type, Any]:
+    """(the scalar type, nargs) of a field's annotation: ``int | None`` → (int, None), ``tuple[int, int]`` → (int, 2), ``list[int]`` → (int, '+')."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return _base_type(args[0])
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        if origin is tuple and Ellipsis not in args:
+            return args[0], len(args)
+        return args[0], "+"
+    return annotation, None
+
+
+def groups(cls: type) -> list[type]:
+    """The option groups ``cls`` is composed of, in the order their options are shown."""
+    return [c for c in (*cls.__mro__[1:], cls) if dataclasses.is_dataclass(c) and c.__dict__.get("__annotations__")]
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, defaults: dict | None = None, exclude: tuple[str, ...] = ()) -> None:
+    """Arguments for every CLI field of the config class ``cls`` (but ``exclude``), one argparse group
+    per option group; ``defaults`` overrides declared defaults (cl-bench's overrides: None)."""
+    hints = typing.get_type_hints(cls)
+    defaults, done = defaults or {}, set(exclude)
+    for group_cls in groups(cls):
+        own = group_cls.__dict__["__annotations__"]
+        fields = [f for f in dataclasses.fields(cls) if f.name in own and f.name not in done and f.metadata.get("cli", False)]
+        if not fields:
+            continue
+        title = (group_cls.__doc__ or group_cls.__name__).strip().splitlines()[0]
+        g = parser.add_argument_group(title)
+        for f in fields:
+            done.add(f.name)
+            meta, kwargs, text = f.metadata, dict(f.metadata["argparse"]), f.metadata["help"]
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            default = defaults.get(f.name, None if required else f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            kind, nargs = _base_type(hints[f.name])
+            if kind is bool:  # the flag turns the declared default around (whatever ``defaults`` says)
+                kwargs.setdefault("action", "store_false" if f.default is True else "store_true")
+            else:
+                kwargs.setdefault("type", kind)
+                if nargs is not None:
+                    kwargs.setdefault("nargs", nargs)
+                if default is not None and default != []:
+                    text += f" (default: {' '.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
+            if meta["positional"]:
+                if not required:
+                    kwargs.setdefault("nargs", "?")
+                g.add_argument(f.name, default=default, help=text, **kwargs)
+            else:
+                g.add_argument(flag_name(meta["flag"] or f.name), dest=f.name, default=default, help=text, **kwargs)
+
+
+def from_args(cls: type, namespace: argparse.Namespace, **extra):
+    """The config ``cls`` from a parsed namespace (sequences of tuple fields as tuples), plus ``extra``."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if not hasattr(namespace, f.name):
+            continue
+        v = getattr(namespace, f.name)
+        if isinstance(v, list) and typing.get_origin(_strip_none(hints[f.name])) is tuple:
+            v = tuple(v)
+        values[f.name] = v
+    return cls(**values, **extra)
+
+
+def _strip_none(annotation):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if (isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union) else annotation
+
+
+def to_dict(cfg) -> dict:
+    """A config as JSON-ready values (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+# ---- checks shared by every group; each names the option as its flag ------------------------------
+def check_positive_int(cfg, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise MclnfError(f"{flag_name(name)} {value}: must be a positive integer")
+
+
+def check_range(cfg, name: str, low: float, high: float, low_open: bool = False, high_open: bool = True, what: str = "") -> None:
+    """``getattr(cfg, name)`` in the interval between ``low`` and ``high`` (open or closed ends), else an error naming its flag."""
+    value = getattr(cfg, name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise MclnfError(f"{flag_name(name)} {value}: must be {what or 'in ' + interval}")
+
+
+def check_choice(cfg, name: str, choices) -> None:
+    if getattr(cfg, name) not in choices:
+        raise MclnfError(f"{flag_name(name)} {getattr(cfg, name)}: unknown; choose one of {', '.join(choices)}")
+
+
+def check_positive(cfg, *names: str) -> None:
+    for name in names:
+        check_range(cfg, name, 0, math.inf, low_open=True, what="a positive finite number")
+
+
+def check_non_negative(cfg, *names: str) -> None:
+    for name in names:
+        check_range(cfg, name, 0, math.inf, what="a non-negative finite number")
