@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from mclnf.continual.learners import LEARNERS
-from mclnf.continual.run import ContinualConfig, continual
+from mclnf.commands.continual import continual
+from mclnf.config import ContinualConfig
+from mclnf.learners import CONTINUAL_LEARNERS
 from mclnf.runtime import keep_freed_memory
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
         records = [continual(ContinualConfig(**kw, out=a.out / name.split()[0] / f"seed{kw['seed']}", learner="all", steps=a.steps,
                                              overwrite=True, progress=False))  # fmt: skip
                    for kw in runs]
-        by = {n: [r for rs in records for r in rs if r["learner"] == n] for n in LEARNERS}
+        by = {n: [r for rs in records for r in rs if r["learner"] == n] for n in CONTINUAL_LEARNERS}
         final = {n: [r["final"]["psnr"] for r in rs] for n, rs in by.items()}
         bwt = {n: [r["bwt"] for r in rs] for n, rs in by.items()}
         print(f"\n## {name}\n")

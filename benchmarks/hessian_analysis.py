@@ -47,8 +47,9 @@ import torch  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
 from mclnf.checkpoint import load_field  # noqa: E402
+from mclnf.commands.fit import fit  # noqa: E402
+from mclnf.config import FitConfig  # noqa: E402
 from mclnf.fields import Field, FieldConfig  # noqa: E402
-from mclnf.fit import FitConfig, fit  # noqa: E402
 from mclnf.optim.curvature import hvp, rademacher_like  # noqa: E402
 from mclnf.signals import load_signal  # noqa: E402
 
@@ -119,7 +120,7 @@ def sparsity(args) -> None:
     lines = [
         f"Hessian-vector-product sparsity: fraction of entries of Hv that are exactly 0 (float32) / "
         f"≤ {REL:g}·max|Hv| — per layer (weight+bias), mean over {args.probes} Rademacher probes, batch 512 of "
-        f"{image.name} at 64², 5×256 field trained with Adam through mclnf.fit.",
+        f"{image.name} at 64², 5×256 field trained with Adam through mclnf fit.",
         "",
         "| activation | step | PSNR (dB) | " + " | ".join(layers) + " | all |",
         "|" + "---|" * (len(layers) + 4),

@@ -20,8 +20,8 @@ import torch
 
 from mclnf.eval.memory import peak_mib
 from mclnf.fields import Field, FieldConfig
+from mclnf.learners import MetaMethod, MetaOptions, meta_method
 from mclnf.losses import fim_loss, mse
-from mclnf.meta.methods import MetaMethod, MetaOptions
 from mclnf.signals.datasets import load_dataset
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     ds = load_dataset("lfw_subset", {})
     layout, field = ds.layout, FieldConfig(2, 1)  # 25 × 25 faces, 5 × 256 sine field
     if a.one_memory:
-        step = outer_step(MetaMethod(layout, field, MetaOptions(method="mcl-nf", meta_grad=a.one_memory[0], inner_steps=int(a.one_memory[1]))), ds.values("train")[:4])
+        step = outer_step(meta_method(layout, field, MetaOptions(method="mcl-nf", meta_grad=a.one_memory[0], inner_steps=int(a.one_memory[1]))), ds.values("train")[:4])
         print(peak_mib(step))
         return
     print(f"# meta-learning performance: lfw_subset 25×25 faces, sine 5×256, torch {torch.__version__}, {torch.get_num_threads()} threads, best of {a.repeats}\n")
@@ -61,7 +61,7 @@ def main() -> None:
         values = ds.values("train")[:batch]
         t = {}
         for use in (True, False):
-            m = MetaMethod(layout, field, MetaOptions(method=name, vmap=use))
+            m = meta_method(layout, field, MetaOptions(method=name, vmap=use))
             t[use] = seconds(outer_step(m, values), a.repeats)
         print(f"| {name} | {batch} | {batch / t[True]:.1f} | {batch / t[False]:.1f} | {t[False] / t[True]:.2f}× |")
 

@@ -35,10 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from fit_throughput import flops_per_step, gemm_peak  # noqa: E402
 
+from mclnf.commands.fit import fit  # noqa: E402
+from mclnf.config import FitConfig, load_configured_signal, resolve  # noqa: E402
 from mclnf.errors import DivergedError  # noqa: E402
 from mclnf.eval.study import first_reach  # noqa: E402
 from mclnf.fields import Field  # noqa: E402
-from mclnf.fit import FitConfig, fit, load_fit_signal  # noqa: E402
 from mclnf.losses import mse  # noqa: E402
 from mclnf.optim import build_optimizer  # noqa: E402
 from mclnf.runtime import flush_denormals, keep_freed_memory  # noqa: E402
@@ -55,8 +56,8 @@ RUNS = {
 def step_seconds(cfg: FitConfig, warmup: int = 100, timed: int = 20) -> float:
     """Median seconds of a training step of ``cfg`` after ``warmup`` steps (past ESGD's every-step
     curvature warm-up of 50 steps; its later refresh every 100 steps is not counted), rays drawn at random."""
-    cfg = cfg.resolved()
-    signal = load_fit_signal(cfg)
+    cfg = resolve(cfg, "radiance")
+    signal = load_configured_signal(cfg)
     torch.manual_seed(0)
     field = Field(cfg.field_config(signal))
     opt = build_optimizer(cfg.optimizer, field, cfg.lr)
@@ -74,7 +75,7 @@ def quality(args) -> None:
     for name in args.runs:
         base = FitConfig(signal=str(args.scene), out=args.out / name, overwrite=True, progress=False, **RUNS[name], **({"lr": args.lr[name]} if name in args.lr else {}))
         steps = max(2, round(args.minutes * 60 / step_seconds(base)))
-        r = base.resolved()
+        r = resolve(base, "radiance")
         print(f"# {name}: {r.optimizer} lr {r.lr:g}, {r.activation}; {steps} steps (the budget at the probed step time)", flush=True)
         try:
             records[name] = rec = fit(dataclasses.replace(base, steps=steps))
@@ -120,8 +121,8 @@ def plot(records: dict, path: Path) -> None:
 
 
 def throughput(args) -> None:
-    cfg = FitConfig(signal=str(args.scene)).resolved()
-    signal = load_fit_signal(cfg)
+    cfg = resolve(FitConfig(signal=str(args.scene)), "radiance")
+    signal = load_configured_signal(cfg)
     layout = signal.layout
     points = cfg.batch_size * (layout.samples + layout.importance)
     peak = gemm_peak()

@@ -26,8 +26,11 @@ from pathlib import Path
 import torch
 
 from mclnf.cli import main as cli
+from mclnf.commands.meta_train import load
+from mclnf.config import MetaTrainConfig
 from mclnf.eval.memory import allocated_peak_mib
-from mclnf.meta.train import MetaTrainConfig
+from mclnf.learners import meta_method
+from mclnf.learners.emcl import Importance
 
 DATA = Path(os.environ.get("MCLNF_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 RUNS = [("mcl-nf", "second-order"), ("mcl-nf", "emcl"), ("maml-cl", "second-order"), ("oml", "second-order")]
@@ -35,17 +38,13 @@ RUNS = [("mcl-nf", "second-order"), ("mcl-nf", "emcl"), ("maml-cl", "second-orde
 
 def outer_step_peak(out: Path) -> float:
     """Allocated peak (MiB) of one outer step (objective and its backward) of the run in ``out``."""
-    from mclnf.meta.methods import MetaMethod, MetaOptions
-
-    cfg = json.loads((out / "meta_train.json").read_text())["config"]
-    options = MetaOptions(**cfg.pop("options"))
-    cfg = MetaTrainConfig(**{**cfg, "options": options, "crop": None})
-    ds = cfg.load()
-    method = MetaMethod(ds.layout, cfg.field_config(ds), options)
+    cfg = MetaTrainConfig(**{**json.loads((out / "meta_train.json").read_text())["config"], "crop": None})
+    ds = load(cfg)
+    method = meta_method(ds.layout, cfg.field_config(ds.layout), cfg)
     theta = {k: v.requires_grad_() for k, v in method.init_params(0).items()}
-    h = {k: torch.ones_like(theta[k]) for k in method.fast}
+    h = dict(zip(method.fast, Importance(cfg.emcl_eta, [torch.ones_like(theta[k]) for k in method.fast]).normalized()))
     values, coords = ds.values("train")[: cfg.meta_batch], ds.coords("train")[: cfg.meta_batch]
-    count = cfg.meta_batch * (options.tasks if options.method.startswith("mcl-nf") else 1)
+    count = cfg.meta_batch * (cfg.tasks if method.modular else 1)
     return allocated_peak_mib(lambda: method.objective(theta, values, count, h, coords, method.task_subset(0, 1))[0].backward())
 
 

@@ -21,8 +21,9 @@ from mclnf.fields import Field, FieldConfig
 from mclnf.losses import mse
 from mclnf.optim import OPTIMIZERS, build_optimizer, default_lr
 from mclnf.runtime import keep_freed_memory
+from mclnf.sampling import EpochSampler
 from mclnf.signals import load_signal
-from mclnf.train import EpochSampler, train
+from mclnf.train import train
 
 
 def main(argv=None) -> None:

@@ -58,9 +58,10 @@ from pathlib import Path
 
 import torch
 
+from mclnf.commands.fit import fit
+from mclnf.config import FitConfig
 from mclnf.errors import DivergedError
 from mclnf.eval.study import load_records, markdown_table, plot_study, summarize
-from mclnf.fit import FitConfig, fit
 from mclnf.optim import OPTIMIZERS
 
 REPO = Path(__file__).resolve().parents[1]

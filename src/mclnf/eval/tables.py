@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 
+
 def comparison_table(records: list[dict]) -> str:
     """A Markdown table: final whole-signal metric, BWT, mean over seen tasks and time, one row per learner."""
     metric = records[0]["metric"]

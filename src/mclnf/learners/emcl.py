@@ -81,7 +81,7 @@ class EMCL(Functional, Replay):
         self.last_step: list[Tensor] | None = None
 
     def new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.model.parameters(), lr=self.opts.emcl_lr * self.opts.emcl_r)
+        return torch.optim.SGD(self.model.parameters(), lr=1.0)  # on the gradient already scaled by α₀ r / ĥ
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """L(θ₀) of the batch, with the gradient λĥ(θ₀ − θ_k) (a surrogate: value and gradient are EMCL's)."""
@@ -109,10 +109,11 @@ class EMCL(Functional, Replay):
 
     @torch.no_grad()
     def update(self) -> None:
-        """θ₀ ← θ₀ − (α₀ r / ĥ) ⊙ g (eq. 8): SGD at α₀ r on the gradient divided by ĥ."""
+        """θ₀ ← θ₀ − (α₀ r / ĥ) ⊙ g (eq. 8): SGD at rate 1 on the gradient scaled by α₀ r / ĥ."""
+        scale = self.opts.emcl_lr * self.opts.emcl_r
         for p, h in zip(self.model.parameters(), self.h_hat):
             if p.grad is not None:
-                p.grad.div_(h.clamp_min(1e-12))
+                p.grad.mul_(scale).div_(h.clamp_min(1e-12))
         self.optimizer.step()
 
     def extra_state(self) -> dict:

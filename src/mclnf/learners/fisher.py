@@ -14,9 +14,9 @@ diagonal quadratic model of an old task's loss around its solution.
 
 from __future__ import annotations
 
-import torch
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 

@@ -8,7 +8,7 @@ step, averaged. The update learns α first, then steps the weights with the new,
     θ ← θ − max(α, 0) ⊙ clip(∇_θ L_meta)
 
 ``clip`` rescales the gradients of all θ (and, separately, of all α) to a norm of at most
-``lamaml_clip``. Both are one ``torch.optim.SGD`` step (θ's rate 1 on the rate-scaled gradient).
+``lamaml_clip``. The weights' step is ``torch.optim.SGD`` at rate 1 on the rate-scaled gradient.
 First-order unless ``lamaml_second_order``.
 """
 
@@ -32,7 +32,7 @@ class LaMAML(Functional, Replay):
         self.lrs = nn.ParameterList([nn.Parameter(torch.full_like(p, self.opts.lamaml_alpha)) for p in self.model.parameters()])
 
     def new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD([{"params": self.model.parameters(), "lr": 1.0}, {"params": self.lrs.parameters(), "lr": self.opts.lamaml_lr}])
+        return torch.optim.SGD(self.model.parameters(), lr=1.0)
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """The meta-loss: mean over the inner steps of the loss of the whole batch (incoming + replay)
@@ -49,12 +49,16 @@ class LaMAML(Functional, Replay):
 
     @torch.no_grad()
     def update(self) -> None:
-        weights, lrs = self.optimizer.param_groups
+        weights, lrs = list(self.model.parameters()), list(self.lrs)
         for group in (weights, lrs):
-            clip_grad_norm_([p for p in group["params"] if p.grad is not None], self.opts.lamaml_clip)
-        for w, a in zip(weights["params"], lrs["params"]):  # θ's gradient at the rates α will have after this step
+            clip_grad_norm_([p for p in group if p.grad is not None], self.opts.lamaml_clip)
+        for a in lrs:  # α first ...
+            if a.grad is not None:
+                a.add_(a.grad, alpha=-self.opts.lamaml_lr)
+                a.grad = None
+        for w, a in zip(weights, lrs):  # ... then θ with the new, clipped rates
             if w.grad is not None:
-                w.grad.mul_((a - lrs["lr"] * a.grad).clamp_min(0) if a.grad is not None else a.clamp_min(0))
+                w.grad.mul_(a.clamp_min(0))
         self.optimizer.step()
 
     def extra_state(self) -> dict:
