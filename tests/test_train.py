@@ -5,7 +5,8 @@ import torch
 
 from mclnf.errors import DivergedError
 from mclnf.optim import build_optimizer, needs_create_graph
-from mclnf.train import EpochSampler, log_spaced_steps, train
+from mclnf.sampling import EpochSampler
+from mclnf.train import log_spaced_steps, train
 
 
 def test_log_spaced_steps():

@@ -55,6 +55,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool, resume_file: str = "ch
 def start_run(out: Path, command: str, config: dict, resume: bool, resumable: tuple[str, ...]) -> None:
     """Create ``out`` and write its ``run.json``; on ``resume``, first check that ``config`` is the
     one the run was started with (but the ``resumable`` options), naming the first option that differs."""
+    config = json.loads(json.dumps(config))  # as run.json holds it (tuples as lists)
     if resume:
         try:
             was = json.loads((out / RUN_RECORD).read_text())
@@ -73,10 +74,25 @@ def start_run(out: Path, command: str, config: dict, resume: bool, resumable: tu
     write_text(out / RUN_RECORD, json.dumps({"command": command, "mclnf": __version__, "config": config}, indent=1))
 
 
-def save_field(path: Path, field: Field, layout: Layout) -> None:
-    meta = {"field": json.dumps(field.config.to_dict()), "layout": json.dumps(layout.to_dict()), "mclnf": __version__}
+def save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
+    """``tensors`` and ``meta`` (values JSON-encoded) in a safetensors file, written atomically."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in field.state_dict().items()}, str(tmp), metadata=meta)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"mclnf": __version__, **{k: json.dumps(v) for k, v in meta.items()}})
+
+
+def read_tensors(path: Path, what: str, build):
+    """``build(tensors, meta)`` of the safetensors file ``path`` (meta JSON-decoded); any failure is one
+    error naming the file and ``what`` it should have been."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items() if k != "mclnf"}
+        return build(load_file(str(path)), meta)
+    except (SafetensorError, KeyError, ValueError, TypeError, RuntimeError, OSError, MclnfError) as e:
+        raise MclnfError(f"{path}: not {what} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def save_field(path: Path, field: Field, layout: Layout) -> None:
+    save_tensors(path, field.state_dict(), {"field": field.config.to_dict(), "layout": layout.to_dict()})
 
 
 def load_field(path: Path) -> tuple[Field, Layout]:
@@ -86,15 +102,13 @@ def load_field(path: Path) -> tuple[Field, Layout]:
         path = path / "field.safetensors"
     if not path.is_file():
         raise MclnfError(f"{path}: no such file (a run folder must hold field.safetensors)")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-        field = Field(FieldConfig.from_dict(json.loads(meta["field"])))
+
+    def build(state, meta):
+        field = Field(FieldConfig.from_dict(meta["field"]))
         field.load_state_dict(state)
-        return field, Layout.from_dict(json.loads(meta["layout"]))
-    except (SafetensorError, KeyError, ValueError, RuntimeError, OSError) as e:
-        raise MclnfError(f"{path}: not a field file written by mclnf ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        return field, Layout.from_dict(meta["layout"])
+
+    return read_tensors(path, "a field file written by mclnf", build)
 
 
 def write_reconstruction(predict: Predict, layout: Layout, path: Path) -> Path:
@@ -124,12 +138,8 @@ class MetaRun:
 
 def save_init(path: Path, theta: dict[str, Tensor], method: MetaMethod, cfg: MetaTrainConfig, ds: MetaDataset, step: int) -> None:
     """θ₀ with everything :func:`load_init` needs as metadata: the method, its field, the layout, the config and the split."""
-    meta = {
-        "mclnf": __version__, "step": str(step), "field": json.dumps(method.field_config.to_dict()), "layout": json.dumps(ds.layout.to_dict()),
-        "config": json.dumps(to_dict(cfg)), "train_files": json.dumps(ds.train_files), "test_files": json.dumps(ds.test_files),
-    }  # fmt: skip
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in theta.items()}, str(tmp), metadata=meta)
+    meta = {"step": step, "field": method.field_config.to_dict(), "layout": ds.layout.to_dict(), "config": to_dict(cfg), "train_files": ds.train_files, "test_files": ds.test_files}
+    save_tensors(path, theta, meta)
 
 
 def load_init(path: Path) -> MetaRun:
@@ -138,17 +148,12 @@ def load_init(path: Path) -> MetaRun:
     file = path / "init.safetensors" if path.is_dir() else path
     if not file.is_file():
         raise MclnfError(f"{path}: no init.safetensors (not a meta-train run folder)")
-    try:
-        with safe_open(str(file), "pt") as f:
-            meta = f.metadata() or {}
-        theta = load_file(str(file))
-        cfg_dict = json.loads(meta["config"])
-        cfg = MetaTrainConfig(**{**cfg_dict, "crop": None if cfg_dict["crop"] is None else tuple(cfg_dict["crop"])})
-        layout = Layout.from_dict(json.loads(meta["layout"]))
-        field_cfg = FieldConfig.from_dict(json.loads(meta["field"]))
-        test_files = json.loads(meta["test_files"])
-    except (SafetensorError, KeyError, ValueError, TypeError, OSError, MclnfError) as e:
-        raise MclnfError(f"{file}: not an initialization written by this version of mclnf meta-train ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+    def build(theta, meta):
+        cfg = MetaTrainConfig(**{**meta["config"], "crop": None if meta["config"]["crop"] is None else tuple(meta["config"]["crop"])})
+        return theta, cfg, Layout.from_dict(meta["layout"]), FieldConfig.from_dict(meta["field"]), meta["test_files"]
+
+    theta, cfg, layout, field_cfg, test_files = read_tensors(file, "an initialization written by mclnf meta-train (of this version)", build)
     base = dataclasses.replace(field_cfg, width=cfg.width)
     method = meta_method(layout, base, cfg)
     if method.field_config != field_cfg or set(theta) != set(dict(method.template.named_parameters())):

@@ -4,10 +4,9 @@ the figures, resume, and the user's errors (one line, exit 2, nothing written)."
 import json
 
 import pytest
-from conftest import DATA, cli, one_line
-from test_data import write_cifar
+from conftest import DATA, cli, one_line, write_cifar
 
-from mclnf.clbench.learners import ONLINE_LEARNERS
+from mclnf.learners import ONLINE_LEARNERS
 
 FAST = ("--glances", "1", "--mer-batches", "1", "--quiet")
 
@@ -66,7 +65,7 @@ def test_resume_and_ablation_flags(tmp_path):
         (("mnist-permutations", "--data", "/nonexistent/mnist"), "/nonexistent/mnist"),
         (("mnist-permutations", "--emcl-eta", "1"), "--emcl-eta 1.0: must be in [0, 1)"),
         (("mnist-permutations", "--tasks", "1"), "--tasks 1: must be between 2 and 20"),
-        (("mnist-permutations", "--clip", "0"), "--clip 0.0: must be a positive finite number"),
+        (("mnist-permutations", "--lamaml-clip", "0"), "--lamaml-clip 0.0: must be a positive finite number"),
         (("mnist-permutations", "--method", "gem2"), "invalid choice: 'gem2'"),
         (("cifar10",), "invalid choice: 'cifar10'"),
     ],

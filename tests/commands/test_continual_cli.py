@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import DATA, cli, one_line
 
-from mclnf.continual.learners import LEARNERS
+from mclnf.learners import CONTINUAL_LEARNERS
 
 FACE = DATA / "celeba_align" / "000003.jpg"
 SMALL = ("--crop", "178", "178", "--resize", "24", "--width", "16", "--depth", "3", "--batch-size", "64", "--quiet")
@@ -24,9 +24,9 @@ def test_all_learners_write_a_comparison(tmp_path, capsys):
     table = (out / "comparison.md").read_text()
     assert table in printed and f"outputs in {out}" in printed
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| learner")]
-    assert [r.split("|")[1].strip() for r in rows] == list(LEARNERS)
+    assert [r.split("|")[1].strip() for r in rows] == list(CONTINUAL_LEARNERS)
     assert iio.imread(out / "comparison.png").ndim == 3
-    for name in LEARNERS:
+    for name in CONTINUAL_LEARNERS:
         record = json.loads((out / name / "metrics.json").read_text())
         R = record["R"]
         assert record["learner"] == name and len(R) == 4 and record["metric"] == "psnr"

@@ -3,7 +3,8 @@
 import pytest
 from conftest import DATA
 
-from mclnf.fit import FitConfig, fit
+from mclnf.commands.fit import fit
+from mclnf.config import FitConfig
 
 CASES = {  # measured here: camera 35.0 dB, gaussian 29.9, relu-pe 30.3, wavelet 33.7, audio 61.2 dB / PESQ 2.66, video 38.7, bunny IoU 0.72
     "image-sine": (dict(signal="camera", resize=64), {"psnr": 31.0, "ssim": 0.9}),

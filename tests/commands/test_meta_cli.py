@@ -16,7 +16,9 @@ import torch
 from conftest import DATA, cli, one_line
 from safetensors.torch import load_file
 
-from mclnf.meta.methods import METHODS
+from mclnf.learners import META_METHODS
+
+METHODS = tuple(META_METHODS)
 
 TINY = ("--width", "16", "--depth", "3", "--inner-steps", "1", "--meta-batch", "2", "--quiet")
 

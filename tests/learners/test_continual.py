@@ -1,17 +1,19 @@
 """Learners on real task streams: modular forgets nothing by construction, fine-tuning forgets,
 replay forgets less, every learner runs on every kind through the API, resume is bit-exact."""
 
-import dataclasses
-
 import pytest
 import torch
 from conftest import DATA
 
-from mclnf.continual.learners import LEARNERS, LearnerOptions, build_learner
-from mclnf.continual.run import ContinualConfig, backward_transfer, continual, run_learner
+import mclnf.commands.continual
+from mclnf.commands.continual import continual
+from mclnf.config import ContinualConfig
+from mclnf.eval.metrics import backward_transfer
 from mclnf.fields import FieldConfig
+from mclnf.learners import CONTINUAL_LEARNERS, LearnerOptions
 from mclnf.signals.image import load_image
 from mclnf.signals.tasks import split_signal
+from mclnf.train import learn_task
 
 FACE = DATA / "celeba_align" / "000001.jpg"
 
@@ -56,17 +58,16 @@ def test_backward_transfer_definition():
 
 def test_resume_after_an_interrupted_task_is_bit_exact(tmp_path, monkeypatch):
     whole = continual(stream_config(tmp_path, "ewc", steps=40, out=tmp_path / "whole"))[0]
-    learn = LEARNERS["ewc"].learn
 
-    def interrupted(self, task, steps, progress=True):
+    def interrupted(learner, task, steps, progress=True):
         if task.index == 2:
             raise KeyboardInterrupt
-        return learn(self, task, steps, progress)
+        return learn_task(learner, task, steps, progress=progress)
 
-    monkeypatch.setattr(LEARNERS["ewc"], "learn", interrupted)
+    monkeypatch.setattr(mclnf.commands.continual, "learn_task", interrupted)
     with pytest.raises(KeyboardInterrupt):
         continual(stream_config(tmp_path, "ewc", steps=40, out=tmp_path / "cut"))
-    monkeypatch.setattr(LEARNERS["ewc"], "learn", learn)
+    monkeypatch.setattr(mclnf.commands.continual, "learn_task", learn_task)
     resumed = continual(stream_config(tmp_path, "ewc", steps=40, out=tmp_path / "cut", resume=True))[0]
     assert resumed["R"] == whole["R"] and resumed["R"][0] == whole["R"][0]
 
@@ -78,7 +79,7 @@ def test_resume_after_an_interrupted_task_is_bit_exact(tmp_path, monkeypatch):
 ])  # fmt: skip
 def test_every_learner_on_every_kind(tmp_path, source, options, metrics):
     """Each learner on a 4-task stream: R is 4×4 with the kind's metrics; modular keeps every task exactly."""
-    for name in LEARNERS:
+    for name in CONTINUAL_LEARNERS:
         cfg = ContinualConfig(signal=str(source), out=tmp_path / name, learner=name, steps=6, width=16, depth=3, batch_size=128,
                               progress=False, **options)  # fmt: skip
         r = continual(cfg)[0]
@@ -95,16 +96,16 @@ def test_modular_routes_k_modules_independent_of_tasks():
     """K = 2 modules for 4 strips: each module owns two strips; learning strip 3 leaves module 0 bit-exact."""
     s = load_image(FACE, crop=(178, 178), resize=32)
     tasks = split_signal(s, "patches", 4)
-    learner = build_learner("modular", s, tasks, FieldConfig(2, 3, width=32, depth=3), LearnerOptions(modules=2, batch_size=64))
+    learner = CONTINUAL_LEARNERS["modular"].for_signal(s, tasks, FieldConfig(2, 3, width=32, depth=3), LearnerOptions(modules=2, batch_size=64))
     assert learner.config.width == 23  # 32 / √2
-    learner.learn(tasks[0], 5, progress=False)
+    learn_task(learner, tasks[0], 5, progress=False)
     assert learner.model.num_modules == 1
     module0 = learner.model.module(0).state_dict()
-    learner.learn(tasks[2], 5, progress=False)  # strip 3 lies in module 1's half
+    learn_task(learner, tasks[2], 5, progress=False)  # strip 3 lies in module 1's half
     assert learner.model.num_modules == 2
     for k, v in learner.model.module(0).state_dict().items():
         assert torch.equal(v, module0[k])
-    learner.learn(tasks[1], 5, progress=False)  # strip 2 is module 0's again: it moves
+    learn_task(learner, tasks[1], 5, progress=False)  # strip 2 is module 0's again: it moves
     assert not torch.equal(learner.model.module(0).state_dict()["layers.0.weight"], module0["layers.0.weight"])
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mclnf.fields import FieldConfig
-from mclnf.meta.methods import MetaMethod, MetaOptions
+from mclnf.learners import MetaOptions, meta_method
 from mclnf.signals.datasets import load_dataset
 
 
@@ -18,7 +18,7 @@ def faces():
 
 
 def make(layout, **opts):
-    m = MetaMethod(layout, FieldConfig(2, 1, width=8, depth=3, omega0=3.0), MetaOptions(**{"inner_steps": 2, "inner_lr": 0.05, **opts}))
+    m = meta_method(layout, FieldConfig(2, 1, width=8, depth=3, omega0=3.0), MetaOptions(**{"inner_steps": 2, "inner_lr": 0.05, **opts}))
     m.template.double()
     theta = {k: v.double().requires_grad_() for k, v in m.init_params(0).items()}
     return m, theta

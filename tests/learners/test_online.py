@@ -7,13 +7,16 @@ import torch
 from conftest import DATA
 from scipy.optimize import minimize
 
-from mclnf.clbench.data import ClassTask, mnist_permutations
-from mclnf.clbench.learners import EMCL, ONLINE_LEARNERS, Importance, LaMAML, OnlineOptions, emcl_inner_step, head_loss
-from mclnf.clbench.models import mlp
-from mclnf.clbench.run import accuracy, method_options, run_one
-from mclnf.continual.run import backward_transfer
-from mclnf.optim.meta import ImportanceSGD, LookAheadSGD
-from mclnf.optim.projection import agem_project, gem_project
+from mclnf.commands.cl_bench import accuracy, method_options, run_one
+from mclnf.eval.metrics import backward_transfer
+from mclnf.fields.classifiers import mlp
+from mclnf.learners import ONLINE_LEARNERS, LearnerOptions
+from mclnf.learners.emcl import EMCL, Importance, inner_step
+from mclnf.learners.lamaml import LaMAML
+from mclnf.learners.projection import agem_project, gem_project
+from mclnf.losses import head_loss
+from mclnf.signals.classification import ClassTask, mnist_permutations
+from mclnf.train import learn_task
 
 torch.set_default_dtype(torch.float32)
 
@@ -24,7 +27,7 @@ def test_prox_step_is_the_minimizer_of_eq14():
     theta, grad, theta0 = (torch.randn(50, generator=g, dtype=torch.float64) for _ in range(3))
     h = torch.rand(50, generator=g, dtype=torch.float64) * 3
     beta, lam, gamma = 0.15, 10.0, 0.3
-    new = emcl_inner_step(theta0, h, beta, lam, gamma)(theta, grad).requires_grad_()
+    new = inner_step(theta0, h, beta, lam, gamma)(theta, grad).requires_grad_()
     hat = theta - beta * grad
     objective = (new - hat).square().sum() / (2 * gamma) + lam / 2 * (h * (new - theta0).square()).sum()
     (d,) = torch.autograd.grad(objective, new)
@@ -36,8 +39,8 @@ def test_prox_step_is_the_minimizer_of_eq14():
 
 def test_ablation_steps():
     theta, grad, theta0, h = torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([0.5]), torch.tensor([4.0])
-    assert float(emcl_inner_step(theta0, h, 0.1, 10.0, 0.3, pgd=False)(theta, grad)) == pytest.approx(1 - 0.1 * (2 + 10 * 4 * 0.5))
-    assert float(emcl_inner_step(theta0, h, 0.1, 10.0, 0.3, reg=False)(theta, grad)) == pytest.approx(1 - 0.1 * 2 / (1 + 0.3 * 10 * 4))
+    assert float(inner_step(theta0, h, 0.1, 10.0, 0.3, pgd=False)(theta, grad)) == pytest.approx(1 - 0.1 * (2 + 10 * 4 * 0.5))
+    assert float(inner_step(theta0, h, 0.1, 10.0, 0.3, reg=False)(theta, grad)) == pytest.approx(1 - 0.1 * 2 / (1 + 0.3 * 10 * 4))
 
 
 def test_closed_form_meta_gradient_is_the_gradient_at_the_inner_minimizer():
@@ -60,7 +63,7 @@ def test_closed_form_meta_gradient_is_the_gradient_at_the_inner_minimizer():
     torch.testing.assert_close(closed, autograd, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(closed, (A @ theta_star - b).detach(), rtol=1e-10, atol=1e-12)
     for beta, gamma in ((0.1, 0.1), (0.1, 0.3)):
-        step, theta = emcl_inner_step(theta0.detach(), h, beta, lam, gamma), theta0.detach().clone()
+        step, theta = inner_step(theta0.detach(), h, beta, lam, gamma), theta0.detach().clone()
         for _ in range(5000):
             theta = step(theta, A @ theta - b)
         torch.testing.assert_close(theta, minimizer(lam * gamma / beta).detach(), rtol=1e-9, atol=1e-10)
@@ -73,11 +76,14 @@ def test_importance_average_and_meta_rates():
     h = imp.h[0]
     torch.testing.assert_close(h, torch.tensor([1.2, 2.8]))  # 0.9·old + 0.1·new
     torch.testing.assert_close(imp.normalized()[0], h / 2.0)
+    # the meta step θ₀ ← θ₀ − (α₀ r / ĥ) ⊙ g (eq. 8): EMCL's update with ĥ as its loss left it
     p = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
-    opt = ImportanceSGD([p], lr=0.3, r=2.0)
+    task = ClassTask(0, torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
+    learner = EMCL([task], LearnerOptions(emcl_lr=0.3, emcl_r=2.0), lambda: torch.nn.ParameterList([p]), "ce", head_loss(None))
+    learner.before_task(task)
     p.grad = torch.tensor([1.0, 1.0])
-    opt.state[p]["importance"] = torch.tensor([0.5, 4.0])
-    opt.step()
+    learner.h_hat = [torch.tensor([0.5, 4.0])]
+    learner.update()
     torch.testing.assert_close(p.detach(), torch.tensor([1 - 0.3 * 2 / 0.5, 1 - 0.3 * 2 / 4.0]))
 
 
@@ -88,7 +94,7 @@ def test_emcl_learner_meta_gradient():
     x, labels = torch.randn(4, 5), torch.tensor([0, 1, 2, 1])
     y = torch.stack([labels, torch.zeros_like(labels)], 1)
     task = ClassTask(0, x, labels, x, labels)
-    opts = OnlineOptions(batch_size=2, emcl_lambda=2.0, emcl_gamma=0.5, emcl_inner_lr=0.1)
+    opts = LearnerOptions(batch_size=2, emcl_lambda=2.0, emcl_gamma=0.5, emcl_inner_lr=0.1)
     learner = EMCL([task], opts, lambda: torch.nn.Linear(5, 3), "ce", head_loss(None))
     learner.before_task(task)
     theta0 = [p.detach().clone() for p in learner.model.parameters()]
@@ -97,7 +103,7 @@ def test_emcl_learner_meta_gradient():
     W, c = theta0
     assert float(value) == pytest.approx(float(torch.nn.functional.cross_entropy(x @ W.T + c, labels)), rel=1e-6)
     h = learner.importance.normalized()
-    steps = [emcl_inner_step(t0, hi, 0.1, 2.0, 0.5) for t0, hi in zip(theta0, h)]
+    steps = [inner_step(t0, hi, 0.1, 2.0, 0.5) for t0, hi in zip(theta0, h)]
     fast = [t.clone() for t in theta0]
     order = torch.randperm(2, generator=torch.Generator().manual_seed(0)).tolist()  # the learner's first draw
     for i in order:
@@ -135,15 +141,19 @@ def test_agem_projection():
     torch.testing.assert_close(agem_project(-g, r), -g)  # ⟨g, r⟩ ≥ 0: unchanged
 
 
-def test_lookahead_sgd_updates_rates_first():
-    w, a = torch.nn.Parameter(torch.tensor([1.0, 2.0])), torch.nn.Parameter(torch.tensor([0.1, 0.05]))
-    opt = LookAheadSGD([w], [a], lr=0.5, max_norm=100.0)
+def test_lamaml_update_learns_rates_first():
+    """La-MAML's update (α ← α − η∇α, then θ ← θ − max(α, 0) ⊙ ∇θ with the new α), through the learner."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    task = ClassTask(0, torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
+    learner = LaMAML([task], LearnerOptions(lamaml_lr=0.5, lamaml_clip=100.0), lambda: torch.nn.ParameterList([w]), "ce", head_loss(None))
+    (a,) = learner.lrs
+    with torch.no_grad():
+        a.copy_(torch.tensor([0.1, 0.05]))
+    learner.before_task(task)
     w.grad, a.grad = torch.tensor([1.0, -1.0]), torch.tensor([0.1, 0.2])
-    opt.step()
+    learner.update()
     torch.testing.assert_close(a.detach(), torch.tensor([0.05, -0.05]))
     torch.testing.assert_close(w.detach(), torch.tensor([1.0 - 0.05, 2.0]))  # the negative rate clipped at 0
-    with pytest.raises(ValueError, match="one learning-rate tensor"):
-        LookAheadSGD([w], [], lr=0.5)
 
 
 def test_lamaml_meta_loss_written_out():
@@ -152,7 +162,7 @@ def test_lamaml_meta_loss_written_out():
     x, labels = torch.randn(3, 4), torch.tensor([0, 2, 1])
     y = torch.stack([labels, torch.zeros_like(labels)], 1)
     task = ClassTask(0, x, labels, x, labels)
-    learner = LaMAML([task], OnlineOptions(batch_size=1, clip=1e-3, lamaml_alpha=0.2), lambda: torch.nn.Linear(4, 3), "ce", head_loss(None))
+    learner = LaMAML([task], LearnerOptions(batch_size=1, lamaml_clip=1e-3, lamaml_alpha=0.2), lambda: torch.nn.Linear(4, 3), "ce", head_loss(None))
     W, c = (p.detach().clone().requires_grad_() for p in learner.model.parameters())
     value = learner.loss(x, y)
     gW, gc = torch.autograd.grad(torch.nn.functional.cross_entropy(x[:1] @ W.T + c, labels[:1]), (W, c))
@@ -183,7 +193,7 @@ def test_accuracy_counts_every_test_sample():
         model.bias.zero_()
     test_x = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]])
     task = ClassTask(0, test_x, torch.zeros(5, dtype=torch.long), test_x, torch.tensor([1, 1, 1, 1, 1]))
-    learner = ONLINE_LEARNERS["sgd"]([task], OnlineOptions(), lambda: model, "ce", head_loss(None))
+    learner = ONLINE_LEARNERS["sgd"]([task], LearnerOptions(), lambda: model, "ce", head_loss(None))
     assert accuracy(learner, task, None) == pytest.approx(20.0)
     heads = torch.tensor([[False, True]])  # within a head of class 1 only, everything is right
     assert accuracy(learner, task, heads) == pytest.approx(100.0)
@@ -197,8 +207,8 @@ def three_tasks():
 def test_replay_draws_only_past_tasks(three_tasks):
     opts = method_options("mnist-permutations", "er", 0, {"glances": 1})
     learner = ONLINE_LEARNERS["er"](three_tasks.tasks, opts, lambda: mlp(), "ce", head_loss(None))
-    learner.learn(three_tasks.tasks[0], 30, progress=False)
-    learner.learn(three_tasks.tasks[1], 30, progress=False)
+    learn_task(learner, three_tasks.tasks[0], 30, progress=False)
+    learn_task(learner, three_tasks.tasks[1], 30, progress=False)
     x, y = learner.batches(three_tasks.tasks[2])(1)
     assert len(x) == 20 and (y[:10, 1] == 2).all() and (y[10:, 1] < 2).all()
     assert set(learner.buffer.y[:, 1].tolist()) == {0, 1}  # a copy per task end, not an alias of the stream

@@ -9,8 +9,8 @@ from conftest import DATA, cli
 from torch.func import functional_call, grad, vmap
 
 from mclnf.fields import FieldConfig
+from mclnf.learners import MetaOptions, meta_method
 from mclnf.losses import PER_SAMPLE, fim_weights
-from mclnf.meta.methods import MetaMethod, MetaOptions
 from mclnf.signals.datasets import load_dataset
 
 LEGO = DATA / "nerf" / "lego_100.npz"
@@ -39,7 +39,7 @@ def test_a_scene_is_cut_into_blocks_of_adjacent_views_split_70_30(blocks):
 
 def make(layout, **opts):
     field = FieldConfig(5, 4, width=8, depth=3, activation="gaussian", sigma=0.5)
-    m = MetaMethod(dataclasses.replace(layout, jitter=False), field, MetaOptions(**{"inner_steps": 2, "inner_lr": 0.05, "tasks": 2, **opts}))
+    m = meta_method(dataclasses.replace(layout, jitter=False), field, MetaOptions(**{"inner_steps": 2, "inner_lr": 0.05, "tasks": 2, **opts}))
     m.template.double()
     return m, {k: v.double().requires_grad_() for k, v in m.init_params(0).items()}
 
@@ -117,7 +117,7 @@ def test_meta_train_and_meta_test_a_scene_from_the_cli(tmp_path, capsys):
     assert cli("meta-train", LEGO, *common, "--method", "mcl-nf-fim", "--meta-grad", "emcl", "--outer-steps", "4", "--meta-batch", "2", "--task-batch", "32", "--out", run, "--quiet") == 0
     record = __import__("json").loads((run / "meta_train.json").read_text())
     assert record["kind"] == "radiance" and record["signals"] == {"train": 10, "test": 4}
-    assert record["config"]["options"]["task_batch"] == 32 and record["config"]["activation"] == "relu-pe"
+    assert record["config"]["task_batch"] == 32 and record["config"]["activation"] == "relu-pe"
     capsys.readouterr()
     assert cli("meta-test", run, LEGO, "--steps", "1", "2", "--signals", "1", "--baselines", "cl", "--batch-size", "64", "--quiet") == 0
     out = capsys.readouterr().out

@@ -1,16 +1,17 @@
 """Reservoir sampling, the diagonal Fisher against direct computations, the consolidated EWC penalty,
-and the Reptile wrapper against its update rule written out."""
+and Reptile (MER's update after each optimizer step) against its update rule written out."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from mclnf.continual.fisher import EWCPenalty, diagonal_fisher
-from mclnf.continual.replay import ReservoirBuffer
 from mclnf.errors import MclnfError
 from mclnf.fields import Field, FieldConfig
-from mclnf.optim.reptile import Reptile
+from mclnf.learners import LearnerOptions
+from mclnf.learners.fisher import EWCPenalty, diagonal_fisher
+from mclnf.learners.replay import ReservoirBuffer
+from mclnf.learners.reptile import Reptile
 
 
 def test_reservoir_keeps_a_uniform_sample_of_everything_seen():
@@ -122,7 +123,8 @@ def test_reptile_interpolates_within_and_across_batches():
     target = torch.tensor([3.0, -2.0], dtype=torch.float64)
     grad = lambda t: 2 * (t - target)  # noqa: E731
     p = nn.Parameter(torch.zeros(2, dtype=torch.float64))
-    opt = Reptile(torch.optim.SGD([p], lr=0.1), k=3, beta=0.5, batches=2, gamma=0.25)
+    opt = torch.optim.SGD([p], lr=0.1)
+    reptile = Reptile([p], k=3, beta=0.5, batches=2, gamma=0.25)
     expected = torch.zeros(2, dtype=torch.float64)
     start_across = expected.clone()
     for batch in range(4):
@@ -135,13 +137,16 @@ def test_reptile_interpolates_within_and_across_batches():
             opt.zero_grad()
             ((p - target).square().sum()).backward()
             opt.step()
+            reptile.after_step()
         torch.testing.assert_close(p.detach(), expected, rtol=1e-14, atol=1e-14)
     plain = nn.Parameter(torch.zeros(2, dtype=torch.float64))  # β = γ = 1: the inner optimizer itself
-    wrapped = Reptile(torch.optim.SGD([plain], lr=0.1), k=3, beta=1.0, batches=2, gamma=1.0)
+    inner = torch.optim.SGD([plain], lr=0.1)
+    identity = Reptile([plain], k=3, beta=1.0, batches=2, gamma=1.0)
     for _ in range(7):
-        wrapped.zero_grad()
+        inner.zero_grad()
         ((plain - target).square().sum()).backward()
-        wrapped.step()
+        inner.step()
+        identity.after_step()
     torch.testing.assert_close(plain.detach(), sgd_path(torch.zeros(2, dtype=torch.float64), grad, 0.1, 7))
-    with pytest.raises(MclnfError, match="--mer-beta 1.5"):
-        Reptile(torch.optim.SGD([plain], lr=0.1), k=3, beta=1.5)
+    with pytest.raises(MclnfError, match="--mer-beta 1.5"):  # MER's options are checked where they are given
+        LearnerOptions(mer_beta=1.5)

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import DATA
+from conftest import DATA, write_cifar
 
 from mclnf.errors import MclnfError
 from mclnf.signals.classification import (
@@ -161,21 +161,6 @@ def test_many_permutations_and_options():
 
 
 # ------------------------------------------------------------------------------------------ CIFAR-100
-
-
-def write_cifar(folder, train_per_class=2, test_per_class=1, seed=0):
-    """The CIFAR-100 python version in miniature: bytes keys, pickled by numpy 1.x with protocol 2 as the real files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    parts = {}
-    for part, k in (("train", train_per_class), ("test", test_per_class)):
-        labels = rng.permutation(np.repeat(np.arange(100), k))
-        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
-        d = {b"filenames": [b"x.png"] * len(labels), b"batch_label": b"training batch 1 of 1",
-             b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist(), b"data": data}  # fmt: skip
-        (folder / part).write_bytes(pickle.dumps(d, protocol=2).replace(b"numpy._core", b"numpy.core"))
-        parts[part] = data, labels
-    return parts
 
 
 @pytest.fixture(scope="module")

@@ -172,16 +172,17 @@ def test_radiance_errors_name_the_option():
 
 
 def test_modular_space_blocks_learn_alone_and_the_others_stay_bit_exact(lego):
-    from mclnf.continual.learners import LearnerOptions, build_learner
+    from mclnf.learners import CONTINUAL_LEARNERS, LearnerOptions
+    from mclnf.train import learn_task
 
     tasks = split_signal(lego, "space", 4, grid=(2, 2, 1))
     config = FieldConfig(in_dim=5, out_dim=4, width=32, depth=3, activation="relu-pe", pe_frequencies=4)
-    learner = build_learner("modular", lego, tasks, config, LearnerOptions(lr=1e-3, batch_size=64))
-    learner.learn(tasks[0], 3, progress=False)
-    learner.learn(tasks[1], 3, progress=False)
+    learner = CONTINUAL_LEARNERS["modular"].for_signal(lego, tasks, config, LearnerOptions(lr=1e-3, batch_size=64))
+    learn_task(learner, tasks[0], 3, progress=False)
+    learn_task(learner, tasks[1], 3, progress=False)
     after_two = {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
     # the rays of task 2 cross every block, but only its module may move
-    learner.learn(tasks[2], 3, progress=False)
+    learn_task(learner, tasks[2], 3, progress=False)
     now = learner.model.state_dict()
     for k, v in after_two.items():
         assert torch.equal(now[k][:2], v[:2]), k  # modules 0 and 1: bit-exact

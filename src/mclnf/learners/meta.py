@@ -52,9 +52,10 @@ from torch.func import functional_call, grad, vmap
 
 from mclnf.errors import MclnfError
 from mclnf.fields import Field, FieldConfig
-from mclnf.learners import emcl
 from mclnf.learners.base import Learner, LearnerOptions
 from mclnf.learners.continual import FineTune, Offline
+from mclnf.learners.emcl import inner_step as emcl_inner_step
+from mclnf.learners.emcl import meta_gradient
 from mclnf.learners.modular import Modular
 from mclnf.losses import FISHERS, PER_SAMPLE, fim_loss
 from mclnf.options import check_choice, check_non_negative, check_positive, check_positive_int, check_range, option
@@ -109,14 +110,14 @@ class EMCLClosedForm(FirstOrder):
     name = "emcl"
 
     def inner_step(self, opts, theta0, h):
-        return emcl.inner_step(theta0, h, opts.inner_lr, opts.emcl_lambda, opts.inner_lr)
+        return emcl_inner_step(theta0, h, opts.inner_lr, opts.emcl_lambda, opts.inner_lr)
 
     def outer_params(self, theta0, adapted):
         return adapted  # detached: the outer loss's gradient reaches only OML's representation
 
     def extra(self, opts, theta0, adapted, h):
         # d/dθ₀ of Σ_k ⟨m_k, θ₀⟩ with m_k = Σ_tasks λh(θ₀ − θ_k), held constant
-        return sum((emcl.meta_gradient(theta0[k].detach(), adapted[k], h[k], opts.emcl_lambda).sum(0) * theta0[k]).sum() for k in adapted)
+        return sum((meta_gradient(theta0[k].detach(), adapted[k], h[k], opts.emcl_lambda).sum(0) * theta0[k]).sum() for k in adapted)
 
 
 META_GRADIENTS: dict[str, type[SecondOrder]] = {c.name: c for c in (SecondOrder, FirstOrder, EMCLClosedForm)}
