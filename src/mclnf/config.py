@@ -23,7 +23,7 @@ from mclnf.learners.base import LearnerOptions, OnlineOptions, StrategyOptions
 from mclnf.learners.meta import MetaOptions
 from mclnf.optim import OPTIMIZERS, default_lr
 from mclnf.optim.auto import choose_optimizer
-from mclnf.options import check_positive, check_positive_int, flag_name, option
+from mclnf.options import OptionGroup, check_positive, check_positive_int, flag_name, option
 from mclnf.signals import Layout, Signal, load_signal, signal_kind
 from mclnf.signals.classification import BENCHMARKS
 
@@ -51,7 +51,7 @@ META_TASK_BATCH = {"radiance": 256}  # rays of each task per outer step: a scene
 
 # ---- option groups -------------------------------------------------------------------------------
 @dataclass(kw_only=True)
-class FieldOptions:
+class FieldOptions(OptionGroup):
     """field"""
 
     activation: str | None = option(None, "sine (SIREN), gaussian, wavelet (real Gabor, WIRE), relu, relu-pe (ReLU with positional encoding) (default: sine; radiance relu-pe)", choices=ACTIVATIONS)
@@ -63,9 +63,8 @@ class FieldOptions:
     s0: float | None = option(None, "wavelet: window scale s₀ (default: 10)")
     pe_frequencies: int | None = option(None, "relu-pe: number of frequencies L (default: 8)")
 
-    def __post_init__(self):
+    def check(self):
         check_positive_int(self, "width", "depth", "pe_frequencies")
-        getattr(super(), "__post_init__", lambda: None)()
 
     def field_config(self, layout: Layout) -> FieldConfig:
         """The field these options describe for signals of ``layout``."""
@@ -73,7 +72,7 @@ class FieldOptions:
 
 
 @dataclass(kw_only=True)
-class LoaderOptions:
+class LoaderOptions(OptionGroup):
     """signal (each applies to the kinds named)"""
 
     resize: int | None = option(None, "image/video: scale so the longer side has this many pixels, bilinear (image default: 256; 0 keeps the size)")
@@ -87,7 +86,7 @@ class LoaderOptions:
 
 
 @dataclass(kw_only=True)
-class SceneOptions:
+class SceneOptions(OptionGroup):
     """scene (posed images: a radiance field)"""
 
     holdout: int | None = option(None, "scene (.npz, LLFF): every N-th view is held out for evaluation (default: 8)")
@@ -98,21 +97,20 @@ class SceneOptions:
 
 
 @dataclass(kw_only=True)
-class OccupancyOptions:
+class OccupancyOptions(OptionGroup):
     """occupancy (meshes)"""
 
     points: int | None = option(None, "occupancy: training points, 1/3 uniform and 2/3 near the surface (default: 100000)")
     eval_points: int | None = option(None, "occupancy: held-out points for IoU (default: 100000)")
     resolution: int | None = option(None, "occupancy: marching-cubes grid of the reconstruction (default: 128)")
 
-    def __post_init__(self):
+    def check(self):
         if self.resolution is not None and self.resolution < 2:
             raise MclnfError(f"--resolution {self.resolution}: must be at least 2")
-        getattr(super(), "__post_init__", lambda: None)()
 
 
 @dataclass(kw_only=True)
-class OptimOptions:
+class OptimOptions(OptionGroup):
     """optimization"""
 
     optimizer: str = option("adam", "optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's)", choices=tuple(OPTIMIZERS))
@@ -121,15 +119,14 @@ class OptimOptions:
     batch_size: int | None = option(None, "samples (radiance: rays) per mini-batch; each epoch visits every sample once (default: 512; radiance 1024)")
     seed: int = option(0, "seed of initialization, batch order and occupancy points; same seed, same result")
 
-    def __post_init__(self):
+    def check(self):
         check_positive_int(self, "steps", "batch_size")
         if self.lr is not None:
             check_positive(self, "lr")
-        getattr(super(), "__post_init__", lambda: None)()
 
 
 @dataclass(kw_only=True)
-class RunOptions:
+class RunOptions(OptionGroup):
     """run"""
 
     out: Path | None = option(None, "output folder (default: runs/<command>-<input>-<variant>)")
@@ -139,7 +136,7 @@ class RunOptions:
 
 
 @dataclass(kw_only=True)
-class StreamOptions:
+class StreamOptions(OptionGroup):
     """task stream"""
 
     tasks: int = option(4, "number of tasks T")
@@ -150,15 +147,14 @@ class StreamOptions:
     learner: str = option("cl", "ol (offline, all tasks at once), cl (fine-tuning), er (experience replay), ewc, mer (meta-experience replay), modular (one module per region), all",
                           choices=(*CONTINUAL_LEARNERS, "all"))  # fmt: skip
 
-    def __post_init__(self):
+    def check(self):
         check_positive_int(self, "tasks")
         if self.learner != "all" and self.learner not in CONTINUAL_LEARNERS:
             raise MclnfError(f"--learner {self.learner}: unknown; choose one of {', '.join(CONTINUAL_LEARNERS)} or all")
-        getattr(super(), "__post_init__", lambda: None)()
 
 
 @dataclass(kw_only=True)
-class DatasetOptions:
+class DatasetOptions(OptionGroup):
     """dataset"""
 
     dataset: str = option("lfw_subset", "a folder or glob pattern of images, audio clips or videos, lfw_subset, or one scene (cut into blocks of views)", positional=True)
@@ -169,14 +165,13 @@ class DatasetOptions:
     clip: float | None = option(None, "audio: seconds, video: frames per clip; files are cut into consecutive clips")
     block_views: int | None = option(None, "scene: views per block; the scene's training views are cut into blocks of cameras adjacent in azimuth (default: 8)")
 
-    def __post_init__(self):
+    def check(self):
         if (self.train_list is None) != (self.test_list is None):
             raise MclnfError("--train-list and --test-list: give both or neither")
-        getattr(super(), "__post_init__", lambda: None)()
 
 
 @dataclass(kw_only=True)
-class OuterOptions:
+class OuterOptions(OptionGroup):
     """outer loop"""
 
     outer_steps: int = option(500, "outer (meta) steps")
@@ -186,31 +181,29 @@ class OuterOptions:
     seed: int = option(0, "seed of θ₀ and of the meta-batches")
     checkpoint_every: int = option(50, "outer steps between checkpoints")
 
-    def __post_init__(self):
+    def check(self):
         check_positive_int(self, "outer_steps", "meta_batch", "checkpoint_every")
         check_positive(self, "outer_lr", "clip_grad")
-        getattr(super(), "__post_init__", lambda: None)()
 
 
 @dataclass(kw_only=True)
-class DeviceOptions:
+class DeviceOptions(OptionGroup):
     """device"""
 
     device: str = option("cpu", "cpu or cuda[:N]")
 
-    def __post_init__(self):
+    def check(self):
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError):
             raise MclnfError(f"--device {self.device}: not a device name (cpu, cuda, cuda:N)") from None
         if device.type != "cpu" and not (device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()):
             raise MclnfError(f"--device {self.device}: not available on this machine (use cpu)")
-        getattr(super(), "__post_init__", lambda: None)()
 
 
 # ---- the commands' configs -----------------------------------------------------------------------
 @dataclass(kw_only=True)
-class SignalArgument:
+class SignalArgument(OptionGroup):
     """signal"""
 
     signal: str = option(dataclasses.MISSING, "a PNG/JPEG/TIFF image, a scikit-image image name (camera, astronaut, ...), a WAV/FLAC/OGG clip, an MP4/GIF video, "
@@ -256,7 +249,7 @@ class MetaTestConfig(RunOptions):
     grid_signals: int = option(4, "signals in each reconstruction grid")
     seed: int = option(0, "seed of the baselines' initializations and batch orders")
 
-    def __post_init__(self):
+    def check(self):
         if self.resume:
             raise MclnfError("--resume: meta-test runs cannot be resumed yet")
         if len(self.paths) < 2:
@@ -272,7 +265,6 @@ class MetaTestConfig(RunOptions):
         for name in ("test_lr", "baseline_lr"):
             if getattr(self, name) is not None:
                 check_positive(self, name)
-        getattr(super(), "__post_init__", lambda: None)()
 
     @property
     def runs(self) -> list[Path]:
@@ -294,7 +286,7 @@ class BenchConfig(RunOptions):
     tasks: int | None = option(None, "only the first T tasks of the stream (stated in the output)")
     overrides: dict = dataclasses.field(default_factory=dict)  # LearnerOptions set by the user, for every method (BenchOverrides on the CLI)
 
-    def __post_init__(self):
+    def check(self):
         check_positive_int(self, "seeds", "tasks")
         if self.bench not in BENCHMARKS:
             raise MclnfError(f"{self.bench}: unknown benchmark; choose from {', '.join(BENCHMARKS)}")
@@ -305,7 +297,6 @@ class BenchConfig(RunOptions):
         for name in self.overrides:
             if name not in known:
                 raise MclnfError(f"{flag_name(name)}: not an option of the online learners")
-        getattr(super(), "__post_init__", lambda: None)()
 
 
 @dataclass(kw_only=True)

@@ -1,6 +1,6 @@
 """Options declared once: a config is a dataclass composed of option groups, and the CLI is generated from it.
 
-An option group is a keyword-only dataclass whose fields are declared with :func:`option` (default,
+An option group is a keyword-only dataclass (an :class:`OptionGroup`) whose fields are declared with :func:`option` (default,
 help text, argparse extras) and whose docstring's first line is the group's title in ``--help``. A
 command's config inherits the groups it takes, so ``cfg.width`` reads the same in every command, and
 :func:`add_options` turns the config class into argparse arguments (flag ``--name-with-dashes``,
@@ -25,6 +25,16 @@ from typing import Any
 from mclnf.errors import MclnfError
 
 
+class OptionGroup:
+    """Base of the option groups: after construction every group's own ``check()`` runs (most derived
+    first), so a config composed of groups validates all of its options, each group only its own."""
+
+    def __post_init__(self):
+        for cls in type(self).__mro__:
+            if "check" in cls.__dict__:
+                cls.__dict__["check"](self)
+
+
 def option(default: Any = None, help: str = "", *, flag: str | None = None, positional: bool = False, cli: bool = True, **argparse_kwargs) -> Any:
     """A dataclass field that is also a command-line option.
 
@@ -45,15 +55,20 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _strip_none(annotation):
+    """``X`` of ``X | None``; other annotations as they are."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
 def _base_type(annotation) -> tuple[type, Any]:
     """(the scalar type, nargs) of a field's annotation: ``int | None`` → (int, None), ``tuple[int, int]`` → (int, 2), ``list[int]`` → (int, '+')."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return _base_type(args[0])
-    origin = typing.get_origin(annotation)
+    annotation = _strip_none(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is tuple and Ellipsis not in args:
+        return args[0], len(args)
     if origin in (list, tuple):
-        if origin is tuple and Ellipsis not in args:
-            return args[0], len(args)
         return args[0], "+"
     return annotation, None
 
@@ -109,11 +124,6 @@ def from_args(cls: type, namespace: argparse.Namespace, **extra):
             v = tuple(v)
         values[f.name] = v
     return cls(**values, **extra)
-
-
-def _strip_none(annotation):
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if (isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union) else annotation
 
 
 def to_dict(cfg) -> dict:

@@ -12,7 +12,6 @@ The tables below map the names ``mclnf continual --learner``, ``mclnf cl-bench -
 
 from __future__ import annotations
 
-from mclnf.errors import MclnfError
 from mclnf.learners.base import Learner, LearnerOptions
 from mclnf.learners.continual import EWC, MER, FineTune, Offline, Replay
 from mclnf.learners.emcl import EMCL
@@ -25,13 +24,6 @@ CONTINUAL_LEARNERS: dict[str, type[Learner]] = {"ol": Offline, "cl": FineTune, "
 ONLINE_LEARNERS: dict[str, type[Learner]] = {"sgd": FineTune, "er": Replay, "ewc": EWC, "gem": GEM, "agem": AGEM, "mer": MER, "lamaml": LaMAML, "emcl": EMCL}
 
 
-def lookup(table: dict, name: str, flag: str):
-    """``table[name]``, or an error naming the flag and the choices."""
-    if name not in table:
-        raise MclnfError(f"{flag} {name}: unknown; choose one of {', '.join(table)}")
-    return table[name]
-
-
 __all__ = [
-    "CONTINUAL_LEARNERS", "META_GRADIENTS", "META_METHODS", "ONLINE_LEARNERS", "Learner", "LearnerOptions", "MetaMethod", "MetaOptions", "lookup", "meta_method",
+    "CONTINUAL_LEARNERS", "META_GRADIENTS", "META_METHODS", "ONLINE_LEARNERS", "Learner", "LearnerOptions", "MetaMethod", "MetaOptions", "meta_method",
 ]  # fmt: skip

@@ -29,14 +29,14 @@ from torch.func import functional_call
 from mclnf.fields import Field, FieldConfig
 from mclnf.losses import FISHERS, LOSSES
 from mclnf.optim import build_optimizer
-from mclnf.options import check_choice, check_non_negative, check_positive, check_positive_int, check_range, option
+from mclnf.options import OptionGroup, check_choice, check_non_negative, check_positive, check_positive_int, check_range, option
 from mclnf.sampling import Batch, EpochSampler, task_seed
 from mclnf.signals import Layout, Signal, predict_in_chunks
 from mclnf.signals.tasks import Task
 
 
 @dataclass(kw_only=True)
-class StrategyOptions:
+class StrategyOptions(OptionGroup):
     """learner (each option names the learners it applies to)"""
 
     buffer_size: int = option(4096, "er, mer: samples kept from past tasks in a reservoir (gem, agem: divided among the tasks)")
@@ -53,7 +53,7 @@ class StrategyOptions:
     fim_lambda: float | None = option(None, "modular: train each module with MCL-NF's FIM loss, w = 1 + λ gᵀF⁻¹g / P (default: the plain loss)")
     fisher: str = option("kfac-diag", "FIM loss: F per layer, diag(E[δ²]) ⊗ diag(E[a²]) or the exact diagonal", choices=FISHERS)
 
-    def __post_init__(self):  # every option checked before a run touches its output folder
+    def check(self):  # every option checked before a run touches its output folder
         check_positive_int(self, "buffer_size", "replay_batch", "fisher_samples", "mer_steps", "mer_batches", "glances", "modules", "module_width")
         check_non_negative(self, "ewc_lambda")
         for name in ("mer_beta", "mer_gamma"):
@@ -61,11 +61,10 @@ class StrategyOptions:
         if self.fim_lambda is not None:
             check_non_negative(self, "fim_lambda")
         check_choice(self, "fisher", FISHERS)
-        getattr(super(), "__post_init__", lambda: None)()
 
 
 @dataclass(kw_only=True)
-class OnlineOptions:
+class OnlineOptions(OptionGroup):
     """online classification learners (defaults: permuted MNIST)"""
 
     memory_strength: float = option(0.5, "gem: the QP's margin on the dual variables")
@@ -83,12 +82,11 @@ class OnlineOptions:
     emcl_reg: bool = option(True, "emcl ablation: no inner pull towards θ₀, the inner rate modulated by importance instead", flag="emcl-no-reg")
     emcl_importance: str = option("taylor", "emcl: importance |g ⊙ θ₀| (taylor) or |g ⊙ Δθ₀| (si, the EMCL-SI ablation)", choices=("taylor", "si"))
 
-    def __post_init__(self):
+    def check(self):
         check_non_negative(self, "memory_strength", "lamaml_alpha", "lamaml_lr", "emcl_lambda", "emcl_gamma")
         check_positive(self, "lamaml_clip", "emcl_lr", "emcl_inner_lr", "emcl_r")
         check_range(self, "emcl_eta", 0, 1)
         check_choice(self, "emcl_importance", ("taylor", "si"))
-        getattr(super(), "__post_init__", lambda: None)()
 
 
 @dataclass(kw_only=True)

@@ -58,7 +58,7 @@ from mclnf.learners.emcl import inner_step as emcl_inner_step
 from mclnf.learners.emcl import meta_gradient
 from mclnf.learners.modular import Modular
 from mclnf.losses import FISHERS, PER_SAMPLE, fim_loss
-from mclnf.options import check_choice, check_non_negative, check_positive, check_positive_int, check_range, option
+from mclnf.options import OptionGroup, check_choice, check_non_negative, check_positive, check_positive_int, check_range, option
 from mclnf.sampling import permutation
 from mclnf.signals import Layout, Signal
 from mclnf.signals.tasks import Task, split_signal
@@ -325,7 +325,7 @@ META_METHODS: dict[str, type[MetaMethod]] = {c.name: c for c in (MOL, MAMLCL, OM
 
 
 @dataclass(kw_only=True)
-class MetaOptions:
+class MetaOptions(OptionGroup):
     """method"""
 
     method: str = option("mcl-nf", "mol (MAML on whole signals), maml-cl, oml, mcl-nf (modules from one meta-learned init), mcl-nf-fim (with the FIM loss)", choices=tuple(META_METHODS))
@@ -342,7 +342,7 @@ class MetaOptions:
     task_batch: int | None = option(None, "samples of each task per outer step, drawn afresh each step (default: all; scenes: 256 rays)")
     vmap: bool = True  # vmap the inner loops over the meta-batch (False: a Python loop; for benchmarks)
 
-    def __post_init__(self):
+    def check(self):
         check_choice(self, "method", tuple(META_METHODS))
         check_choice(self, "meta_grad", tuple(META_GRADIENTS))
         check_choice(self, "fisher", FISHERS)
@@ -350,7 +350,6 @@ class MetaOptions:
         check_positive(self, "inner_lr", "emcl_lambda")
         check_non_negative(self, "fim_lambda")
         check_range(self, "emcl_eta", 0, 1)
-        getattr(super(), "__post_init__", lambda: None)()
 
 
 def meta_method(layout: Layout, field: FieldConfig, opts: MetaOptions) -> MetaMethod:
