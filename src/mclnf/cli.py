@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mclnf {a.command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"mclnf {a.command}: interrupted; continue with --resume", file=sys.stderr)
+        c = COMMANDS[a.command]
+        resumable = "resume" not in c.exclude and "resume" in {f.name for f in dataclasses.fields(c.config)}
+        print(f"mclnf {a.command}: interrupted" + ("; continue with --resume" if resumable else "; rerun it with --overwrite"), file=sys.stderr)
         return 130
     return 0
 

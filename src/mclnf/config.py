@@ -23,7 +23,7 @@ from mclnf.learners.base import LearnerOptions, OnlineOptions, StrategyOptions
 from mclnf.learners.meta import MetaOptions
 from mclnf.optim import OPTIMIZERS, default_lr
 from mclnf.optim.auto import choose_optimizer
-from mclnf.options import OptionGroup, check_positive, check_positive_int, flag_name, option
+from mclnf.options import OptionGroup, check_positive, check_positive_int, check_seed, flag_name, option
 from mclnf.signals import Layout, Signal, load_signal, signal_kind
 from mclnf.signals.classification import BENCHMARKS
 
@@ -121,6 +121,7 @@ class OptimOptions(OptionGroup):
 
     def check(self):
         check_positive_int(self, "steps", "batch_size")
+        check_seed(self, "seed")
         if self.lr is not None:
             check_positive(self, "lr")
 
@@ -168,6 +169,7 @@ class DatasetOptions(OptionGroup):
     def check(self):
         if (self.train_list is None) != (self.test_list is None):
             raise MclnfError("--train-list and --test-list: give both or neither")
+        check_seed(self, "split_seed")
 
 
 @dataclass(kw_only=True)
@@ -183,6 +185,7 @@ class OuterOptions(OptionGroup):
 
     def check(self):
         check_positive_int(self, "outer_steps", "meta_batch", "checkpoint_every")
+        check_seed(self, "seed")
         check_positive(self, "outer_lr", "clip_grad")
 
 
@@ -262,6 +265,7 @@ class MetaTestConfig(RunOptions):
         if self.grid_steps is not None and not set(self.grid_steps) <= set(self.steps):
             raise MclnfError(f"--grid-steps {' '.join(map(str, self.grid_steps))}: every grid step must be one of --steps")
         check_positive_int(self, "signals", "batch_size", "grid_signals")
+        check_seed(self, "seed")
         for name in ("test_lr", "baseline_lr"):
             if getattr(self, name) is not None:
                 check_positive(self, name)

@@ -7,13 +7,17 @@ mclnf but its errors.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from mclnf.errors import MclnfError
+
+RECORDERS: list[Callable[[Path], None]] = []  # told of every file written here (the run folders being written: mclnf.runs.Run)
 
 
 def _umask() -> int:
@@ -26,7 +30,10 @@ def _umask() -> int:
 def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    except OSError as e:
+        raise MclnfError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -35,6 +42,14 @@ def atomic_path(path: Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    for record in RECORDERS:
+        record(path)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one of :func:`atomic_path`'s temporary files (left behind by a killed write)."""
+    m = re.fullmatch(r"\.(?P<base>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?", name)
+    return m is not None and m["base"].endswith(m["suffix"] or "")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -47,11 +62,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``."""
+def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``, holding ``keys``."""
     if not Path(path).is_file():
         raise MclnfError(f"{path}: no checkpoint to resume from")
     try:
-        return torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True)
     except Exception as e:
         raise MclnfError(f"{path}: corrupt checkpoint ({type(e).__name__})") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise MclnfError(f"{path}: not a checkpoint of this run (it has no {missing[0]!r}); remove it or start a new --out")
+    return state

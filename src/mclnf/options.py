@@ -154,6 +154,14 @@ def check_choice(cfg, name: str, choices) -> None:
         raise MclnfError(f"{flag_name(name)} {getattr(cfg, name)}: unknown; choose one of {', '.join(choices)}")
 
 
+def check_seed(cfg, *names: str) -> None:
+    """Seeds are integers in [0, 2⁶³) (numpy's SeedSequence takes no negative ones, torch no wider ones)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise MclnfError(f"{flag_name(name)} {value}: must be an integer from 0 to 2^63 - 1")
+
+
 def check_positive(cfg, *names: str) -> None:
     for name in names:
         check_range(cfg, name, 0, math.inf, low_open=True, what="a positive finite number")

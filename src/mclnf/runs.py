@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from mclnf import __version__
 from mclnf.config import MetaTrainConfig
 from mclnf.errors import MclnfError
 from mclnf.fields import Field, FieldConfig
-from mclnf.io import atomic_path, write_text
+from mclnf.io import RECORDERS, atomic_path, is_temporary, write_text
 from mclnf.learners import MetaMethod, meta_method
 from mclnf.options import flag_name, to_dict
 from mclnf.signals import Layout
@@ -34,50 +33,125 @@ from mclnf.signals.datasets import MetaDataset
 RUN_RECORD = "run.json"
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool, resume_file: str = "checkpoint.pt") -> Path:
-    """Check that ``out`` can take a run: resumable (it holds ``resume_file``) or empty; ``overwrite``
-    empties it, but only if it holds a run (``run.json``). Nothing is created here."""
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> Path:
+    """Check that ``out`` can take a run, before anything is written: with ``resume`` it must hold one
+    (``run.json``); otherwise it must be empty — temporary files of killed writes do not count — or,
+    with ``overwrite``, hold a run, whose files (those its manifest lists, never others) are removed."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MclnfError(f"--out {out}: exists and is not a folder")
     if resume:
-        if not (out / resume_file).is_file():
-            raise MclnfError(f"--resume: {out} holds no {resume_file} to resume from")
-    elif out.exists() and any(out.iterdir()):
+        if not (out / RUN_RECORD).is_file():
+            raise MclnfError(f"--resume: {out} holds no mclnf run ({RUN_RECORD}) to resume")
+        return out
+    if out.is_dir() and any(not is_temporary(p.name) for p in out.iterdir()):
         if not overwrite:
             raise MclnfError(f"--out {out}: folder is not empty; pass --resume to continue its run or --overwrite to replace it")
-        if not (out / RUN_RECORD).is_file():  # never delete a folder that is not a run
+        if not (out / RUN_RECORD).is_file():  # never touch a folder that is not a run
             raise MclnfError(f"--out {out}: folder holds no mclnf run ({RUN_RECORD}); --overwrite only replaces runs")
-        shutil.rmtree(out)
+        remove_run(out)
     return out
 
 
-def start_run(out: Path, command: str, config: dict, resume: bool, resumable: tuple[str, ...]) -> None:
-    """Create ``out`` and write its ``run.json``; on ``resume``, first check that ``config`` is the
-    one the run was started with (but the ``resumable`` options), naming the first option that differs."""
-    config = json.loads(json.dumps(config))  # as run.json holds it (tuples as lists)
-    if resume:
-        try:
-            was = json.loads((out / RUN_RECORD).read_text())
-        except (OSError, ValueError):
-            raise MclnfError(f"--resume: {out} holds no readable {RUN_RECORD}; it was not started by this version of mclnf") from None
-        if was.get("command") != command:
-            raise MclnfError(f"--resume: {out} holds a {was.get('command')} run, not a {command} run")
-        changed = [k for k, v in was["config"].items() if k not in resumable and config.get(k) != v]
-        if changed:
-            k = changed[0]
-            raise MclnfError(f"--resume: {out} was run with {flag_name(k)} {was['config'][k]}, not {config.get(k)}")
+def remove_run(out: Path) -> None:
+    """Delete what the run in ``out`` wrote — the files and folders its ``run.json`` lists, temporary files of
+    killed writes, ``run.json`` — and nothing else (a file the run did not write stays, and so does its folder)."""
+    record = read_record(out)
+    root = out.resolve()
+    for rel in record.get("files", []):
+        path = out / rel
+        if path.resolve().is_relative_to(root) and not path.is_dir():
+            path.unlink(missing_ok=True)
+    dirs = [out / d for d in record.get("dirs", []) if (out / d).resolve().is_relative_to(root)]
+    for folder in [out, *dirs]:
+        for p in folder.glob(".*") if folder.is_dir() else ():
+            if is_temporary(p.name):
+                p.unlink(missing_ok=True)
+    (out / RUN_RECORD).unlink()
+    for folder in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def read_record(out: Path) -> dict:
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MclnfError(f"--out {out}: cannot create the folder ({e.strerror or type(e).__name__})") from None
-    write_text(out / RUN_RECORD, json.dumps({"command": command, "mclnf": __version__, "config": config}, indent=1))
+        record = json.loads((out / RUN_RECORD).read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+            raise ValueError("no config")
+        return record
+    except (OSError, ValueError):
+        raise MclnfError(f"{out / RUN_RECORD}: not a run record written by this version of mclnf") from None
+
+
+class Run:
+    """A run folder being written, as a context: ``run.json`` holds the command, the mclnf version, the
+    resolved config and the manifest of every file and folder the run wrote (updated as each is written,
+    through :func:`mclnf.io.atomic_path`), so ``--overwrite`` removes exactly those.
+
+    On ``resume`` the config must be the one the run was started with (but the ``resumable`` options);
+    the first option that differs is named. Temporary files of killed writes are removed on entry."""
+
+    def __init__(self, out: Path, command: str, config: dict, resume: bool, resumable: tuple[str, ...] = ()):
+        self.out, self.root = Path(out), Path(out).resolve()
+        config = json.loads(json.dumps(config))  # as run.json holds it (tuples as lists)
+        self.files: set[str] = set()
+        self.dirs: set[str] = set()
+        if resume:
+            was = read_record(self.out)
+            if was.get("command") != command:
+                raise MclnfError(f"--resume: {out} holds a {was.get('command')} run, not a {command} run")
+            changed = [k for k, v in was["config"].items() if k not in resumable and config.get(k) != v]
+            if changed:
+                k = changed[0]
+                raise MclnfError(f"--resume: {out} was run with {flag_name(k)} {was['config'][k]}, not {config.get(k)}")
+            self.files, self.dirs = set(was.get("files", [])), set(was.get("dirs", []))
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MclnfError(f"--out {out}: cannot create the folder ({e.strerror or type(e).__name__})") from None
+        for folder in [self.out, *(self.out / d for d in self.dirs)]:
+            for p in folder.glob(".*") if folder.is_dir() else ():
+                if is_temporary(p.name):
+                    p.unlink()
+        self.record = {"command": command, "mclnf": __version__, "config": config}
+        self.save()
+
+    def save(self) -> None:
+        write_text(self.out / RUN_RECORD, json.dumps({**self.record, "files": sorted(self.files), "dirs": sorted(self.dirs)}, indent=1))
+
+    def written(self, path: Path) -> None:
+        """Add ``path`` to the manifest if it lies in the run folder (called for every file written)."""
+        path = Path(path).resolve()
+        if path.is_relative_to(self.root) and path != self.root / RUN_RECORD:
+            rel = str(path.relative_to(self.root))
+            if rel not in self.files:
+                self.files.add(rel)
+                self.save()
+
+    def mkdir(self, path: Path) -> Path:
+        """Create the folder ``path`` inside the run folder, as the run's."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        rel = str(path.resolve().relative_to(self.root))
+        if rel not in self.dirs:
+            self.dirs.add(rel)
+            self.save()
+        return path
+
+    def __enter__(self) -> Run:
+        RECORDERS.append(self.written)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        RECORDERS.remove(self.written)
 
 
 def save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
-    """``tensors`` and ``meta`` (values JSON-encoded) in a safetensors file, written atomically."""
+    """``tensors`` and ``meta`` in a safetensors file, written atomically. The metadata is one JSON value with
+    sorted keys under the key ``mclnf`` (safetensors keeps metadata in a hash map, whose order varies from
+    process to process), so identical runs write identical bytes."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"mclnf": __version__, **{k: json.dumps(v) for k, v in meta.items()}})
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"mclnf": json.dumps({"version": __version__, **meta}, sort_keys=True)})
 
 
 def read_tensors(path: Path, what: str, build):
@@ -85,7 +159,7 @@ def read_tensors(path: Path, what: str, build):
     error naming the file and ``what`` it should have been."""
     try:
         with safe_open(str(path), "pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items() if k != "mclnf"}
+            meta = json.loads((f.metadata() or {})["mclnf"])
         return build(load_file(str(path)), meta)
     except (SafetensorError, KeyError, ValueError, TypeError, RuntimeError, OSError, MclnfError) as e:
         raise MclnfError(f"{path}: not {what} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

@@ -117,8 +117,10 @@ def meta_step(method, theta: dict[str, Tensor], optimizer: torch.optim.Optimizer
                 dist.all_reduce(p.grad)
         dist.all_reduce(stats)
     loss = float(stats[0]) / count
-    if not torch.isfinite(stats[:1]).all() or not all(torch.isfinite(p.grad).all() for p in theta.values() if p.grad is not None):
+    if not torch.isfinite(stats[:1]).all():
         raise DivergedError(0, loss, None)
+    if not all(torch.isfinite(p.grad).all() for p in theta.values() if p.grad is not None):
+        raise DivergedError(0, loss, None, what="meta-gradient")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(theta.values(), clip_grad))
     optimizer.step()
     if importance is not None:

@@ -190,8 +190,11 @@ def test_resume_continues_exactly(tmp_path, capsys):
     before = (tmp_path / "b" / "field.safetensors").read_bytes()
     assert cli("fit", *args, *SMALL, "--steps", 20, "--lr", 1e-3, "--out", tmp_path / "b", "--resume") == 2
     assert "--lr" in one_line(capsys.readouterr().err)
-    assert cli("fit", *args, *SMALL, "--steps", 12, "--out", tmp_path / "b", "--resume") == 2  # nothing left to do
+    assert cli("fit", *args, *SMALL, "--steps", 8, "--out", tmp_path / "b", "--resume") == 2  # the run is past step 8
     assert "--steps" in one_line(capsys.readouterr().err)
+    (tmp_path / "b" / "metrics.json").unlink()  # as if killed after its last checkpoint, before its outputs
+    assert cli("fit", *args, *SMALL, "--steps", 12, "--out", tmp_path / "b", "--resume") == 0  # finishes the outputs
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["final"] == b["final"]
     assert (tmp_path / "b" / "field.safetensors").read_bytes() == before
 
     (tmp_path / "empty").mkdir()
@@ -221,8 +224,10 @@ def test_out_folder_rules(camera_run, tmp_path, capsys):
     assert cli(*args, "--out", run) == 2
     assert "--out" in one_line(capsys.readouterr().err)
     assert sorted(p.name for p in run.iterdir()) == listing
+    written = set(json.loads((run / "run.json").read_text())["files"])
+    assert {"metrics.json", "checkpoint.pt", "field.safetensors", "reconstruction.png", "curve.png"} <= written and "stale.txt" not in written
     assert cli(*args, "--out", run, "--overwrite") == 0
-    assert not (run / "stale.txt").exists() and not (run / "render.png").exists()
+    assert (run / "stale.txt").read_text() == "old"  # --overwrite deletes only what the run wrote
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2
 
     a_file = tmp_path / "a_file"

@@ -29,7 +29,7 @@ from mclnf.io import write_text
 from mclnf.learners import ONLINE_LEARNERS, Learner, LearnerOptions
 from mclnf.losses import head_loss
 from mclnf.options import to_dict
-from mclnf.runs import prepare_out, start_run
+from mclnf.runs import Run, prepare_out
 from mclnf.signals.classification import Benchmark, ClassTask, load_benchmark
 from mclnf.train import learn_task
 
@@ -106,11 +106,17 @@ def cl_bench(cfg: BenchConfig) -> list[dict]:
         if not 1 < cfg.tasks <= len(benches[0].tasks):
             raise MclnfError(f"--tasks {cfg.tasks}: must be between 2 and {len(benches[0].tasks)}")
         benches = {s: dataclasses.replace(b, tasks=b.tasks[: cfg.tasks]) for s, b in benches.items()}
-    out = prepare_out(cfg.out or Path("runs") / f"cl-bench-{cfg.bench}", cfg.resume, cfg.overwrite, resume_file="run.json")
+    out = prepare_out(cfg.out or Path("runs") / f"cl-bench-{cfg.bench}", cfg.resume, cfg.overwrite)
     cfg = dataclasses.replace(cfg, out=out)
     described = {k: v for k, v in to_dict(cfg).items() if k not in ("methods", "seeds")}  # resuming may add methods and seeds
-    start_run(out, "cl-bench", described, cfg.resume, RESUMABLE)
-    (out / "runs").mkdir(exist_ok=True)
+    with Run(out, "cl-bench", described, cfg.resume, RESUMABLE) as run:
+        return run_all(run, cfg, methods, options, benches)
+
+
+def run_all(run: Run, cfg: BenchConfig, methods: list[str], options: dict, benches: dict) -> list[dict]:
+    """Every (method, seed) not yet in ``runs/``, then the tables and figures."""
+    out = run.out
+    run.mkdir(out / "runs")
     bench = benches[0]
     notes = [bench.deviation] if bench.deviation else []
     if cfg.tasks is not None:

@@ -25,7 +25,7 @@ from mclnf.eval.tables import comparison_table
 from mclnf.io import load_checkpoint, save_checkpoint, write_text
 from mclnf.learners import CONTINUAL_LEARNERS, Learner
 from mclnf.options import to_dict
-from mclnf.runs import prepare_out, start_run, write_reconstruction
+from mclnf.runs import Run, prepare_out, write_reconstruction
 from mclnf.signals import Signal, signal_kind
 from mclnf.signals.tasks import Task, split_signal
 from mclnf.train import learn_task
@@ -53,10 +53,9 @@ def run_learner(cfg: ContinualConfig, signal: Signal, tasks: list[Task], out: Pa
     learner = CONTINUAL_LEARNERS[cfg.learner].for_signal(signal, tasks, cfg.field_config(signal.layout), learner_options(cfg))
     rows: list[dict] = []
     if cfg.resume and (out / "checkpoint.pt").is_file():
-        ck = load_checkpoint(out / "checkpoint.pt")
+        ck = load_checkpoint(out / "checkpoint.pt", ("rows", "learner"))
         learner.load_state_dict(ck["learner"])
         rows = ck["rows"]
-    out.mkdir(exist_ok=True)
     for task in tasks[len(rows) :]:
         try:
             seconds = learn_task(learner, task, cfg.steps, progress=cfg.progress)
@@ -91,16 +90,16 @@ def continual(cfg: ContinualConfig) -> list[dict]:
     cfg = resolve(cfg, signal_kind(cfg.signal))
     signal = load_configured_signal(cfg)  # every input error before the output folder is touched
     tasks = split_signal(signal, cfg.split, cfg.tasks, cfg.grid)
-    out = prepare_out(cfg.out or Path("runs") / f"continual-{Path(cfg.signal).stem}-{cfg.learner}", cfg.resume, cfg.overwrite, resume_file="run.json")
+    out = prepare_out(cfg.out or Path("runs") / f"continual-{Path(cfg.signal).stem}-{cfg.learner}", cfg.resume, cfg.overwrite)
     cfg = dataclasses.replace(cfg, out=out)
-    start_run(out, "continual", to_dict(cfg), cfg.resume, RESUMABLE)
-    if cfg.learner != "all":
-        return [run_learner(cfg, signal, tasks, out)]
-    records = []
-    for name in CONTINUAL_LEARNERS:
-        sub = out / name
-        done = cfg.resume and (sub / "metrics.json").is_file()
-        records.append(json.loads((sub / "metrics.json").read_text()) if done else run_learner(dataclasses.replace(cfg, learner=name, out=sub), signal, tasks, sub))
-    write_text(out / "comparison.md", comparison_table(records))
-    plot_comparison(records, out / "comparison.png", title=f"{Path(cfg.signal).name} · {len(tasks)} tasks · {cfg.steps} steps per task")
+    with Run(out, "continual", to_dict(cfg), cfg.resume, RESUMABLE) as run:
+        if cfg.learner != "all":
+            return [run_learner(cfg, signal, tasks, out)]
+        records = []
+        for name in CONTINUAL_LEARNERS:
+            sub = run.mkdir(out / name)
+            done = cfg.resume and (sub / "metrics.json").is_file()
+            records.append(json.loads((sub / "metrics.json").read_text()) if done else run_learner(dataclasses.replace(cfg, learner=name, out=sub), signal, tasks, sub))
+        write_text(out / "comparison.md", comparison_table(records))
+        plot_comparison(records, out / "comparison.png", title=f"{Path(cfg.signal).name} · {len(tasks)} tasks · {cfg.steps} steps per task")
     return records

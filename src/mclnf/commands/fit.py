@@ -24,7 +24,7 @@ from mclnf.losses import LOSSES
 from mclnf.optim import build_optimizer
 from mclnf.optim.auto import choose_optimizer
 from mclnf.options import to_dict
-from mclnf.runs import prepare_out, save_field, start_run, write_reconstruction
+from mclnf.runs import Run, prepare_out, save_field, write_reconstruction
 from mclnf.sampling import EpochSampler
 from mclnf.signals import Signal, signal_kind
 from mclnf.train import log_spaced_steps, train
@@ -40,8 +40,8 @@ def evaluate(field: Field, signal: Signal) -> dict[str, float]:
 
 def resume_state(out: Path, cfg: FitConfig, field: Field, optimizer: torch.optim.Optimizer, suffix: str) -> tuple[int, float, list]:
     """Load the checkpoint of the run in ``out`` into ``field`` and ``optimizer``; returns (step, seconds, curve)."""
-    ck = load_checkpoint(out / "checkpoint.pt")
-    if ck["step"] >= cfg.steps:
+    ck = load_checkpoint(out / "checkpoint.pt", ("step", "elapsed", "curve", "field", "optimizer", "rng"))
+    if ck["step"] > cfg.steps:  # equal: killed before its last outputs, which are written now
         raise MclnfError(f"--steps {cfg.steps}: the run in {out} already reached step {ck['step']}")
     field.load_state_dict(ck["field"])
     optimizer.load_state_dict(ck["optimizer"])
@@ -66,14 +66,20 @@ def fit(cfg: FitConfig) -> dict:
     optimizer = build_optimizer(cfg.optimizer, field, cfg.lr, seed=cfg.seed)
     out = prepare_out(cfg.out or Path("runs") / f"fit-{Path(cfg.signal).stem}-{cfg.activation}", cfg.resume, cfg.overwrite)
     cfg = dataclasses.replace(cfg, out=out)
-    start_run(out, "fit", to_dict(cfg), cfg.resume, RESUMABLE)
-    start, elapsed, curve = resume_state(out, cfg, field, optimizer, layout.suffix) if cfg.resume else (0, 0.0, [])
+    with Run(out, "fit", to_dict(cfg), cfg.resume, RESUMABLE) as run:
+        return fit_in(run, cfg, signal, field, optimizer)
 
+
+def fit_in(run: Run, cfg: FitConfig, signal: Signal, field: Field, optimizer: torch.optim.Optimizer) -> dict:
+    """The training and the outputs of :func:`fit`, in its run folder (continued from its checkpoint, if it has one)."""
+    out, layout = run.out, signal.layout
+    resumed = cfg.resume and (out / "checkpoint.pt").is_file()  # a run killed before its first checkpoint starts afresh
+    start, elapsed, curve = resume_state(out, cfg, field, optimizer, layout.suffix) if resumed else (0, 0.0, [])
     writer = None
     if cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tensorboard"))
+        writer = SummaryWriter(str(run.mkdir(out / "tensorboard")))
 
     def on_eval(step: int, loss: float, seconds: float) -> None:
         metrics = evaluate(field, signal)
@@ -100,6 +106,9 @@ def fit(cfg: FitConfig) -> dict:
     finally:
         if writer is not None:
             writer.close()
+            for p in (out / "tensorboard").rglob("*"):
+                if p.is_file():
+                    run.written(p)
     return write_outputs(cfg, field, signal, curve, elapsed)
 
 

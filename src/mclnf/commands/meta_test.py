@@ -27,7 +27,7 @@ from pathlib import Path
 from time import perf_counter
 
 from mclnf.config import MetaTestConfig, loader_options
-from mclnf.errors import MclnfError
+from mclnf.errors import DivergedError, MclnfError
 from mclnf.eval.memory import allocated_peak_mib
 from mclnf.eval.metrics import finite_mean
 from mclnf.eval.plots import plot_meta_test, plot_reconstruction_grid
@@ -35,7 +35,7 @@ from mclnf.eval.tables import compute_table, summarize, table1
 from mclnf.io import atomic_path, write_text
 from mclnf.learners import CONTINUAL_LEARNERS, Learner, LearnerOptions
 from mclnf.options import to_dict
-from mclnf.runs import MetaRun, load_init, prepare_out, start_run
+from mclnf.runs import MetaRun, Run, load_init, prepare_out
 from mclnf.signals import Signal
 from mclnf.signals.datasets import MetaDataset, load_dataset
 from mclnf.signals.tasks import Task, split_signal
@@ -82,8 +82,12 @@ def score(entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs
         for s in steps:
             learner = make_learner(entry, signal, tasks, cfg, runs[0].base_field, batch)
             t0 = perf_counter()
-            for task in tasks:
-                learn_task(learner, task, s, progress=False)
+            try:
+                for task in tasks:
+                    learn_task(learner, task, s, progress=False)
+            except DivergedError as e:
+                hint = f"try a lower {'--baseline-lr' if isinstance(entry, str) else '--test-lr'}"
+                raise DivergedError(e.step, e.loss, None, e.what, where=f" (meta-test {name}, signal {i + 1}, {s} steps per task)", kept="meta-test keeps no checkpoint", hint=hint) from None
             seconds += perf_counter() - t0
             episodes += s * len(tasks)
             per_step[s].append(layout.metrics(learner.predict(signal.eval_coords), signal.eval_values))
@@ -111,9 +115,9 @@ def meta_test(cfg: MetaTestConfig) -> list[dict]:
     signals = ds.test[: cfg.signals] if cfg.signals else ds.test
     out = prepare_out(cfg.out or Path(runs[0].path) / "meta-test", False, cfg.overwrite)
     cfg = dataclasses.replace(cfg, out=out)
-    start_run(out, "meta-test", to_dict(cfg), False, ())
-    records = [score(entry, signals, cfg, runs, steps, grid_steps) for entry in [*runs, *cfg.baselines]]
-    write_outputs(cfg, records, signals, ds, steps, grid_steps, runs[0].config)
+    with Run(out, "meta-test", to_dict(cfg), False):
+        records = [score(entry, signals, cfg, runs, steps, grid_steps) for entry in [*runs, *cfg.baselines]]
+        write_outputs(cfg, records, signals, ds, steps, grid_steps, runs[0].config)
     return records
 
 

@@ -13,6 +13,7 @@ importance; ``--resume`` continues bit-exactly), ``meta_train.json``, ``meta_tra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,7 +32,7 @@ from mclnf.io import load_checkpoint, save_checkpoint, write_text
 from mclnf.learners import meta_method
 from mclnf.learners.emcl import Importance
 from mclnf.options import to_dict
-from mclnf.runs import prepare_out, save_init, start_run
+from mclnf.runs import Run, prepare_out, save_init
 from mclnf.sampling import permutation
 from mclnf.signals.datasets import MetaDataset, load_dataset
 from mclnf.train import meta_step
@@ -77,16 +78,18 @@ def meta_train(cfg: MetaTrainConfig) -> dict | None:
     if rank == 0:
         prepare_out(out, cfg.resume, cfg.overwrite)
     cfg = dataclasses.replace(cfg, out=out)
+    with Run(out, "meta-train", to_dict(cfg), cfg.resume, RESUMABLE) if rank == 0 else contextlib.nullcontext():
+        return outer_loop(cfg, ds, method, rank, size)
 
+
+def outer_loop(cfg: MetaTrainConfig, ds: MetaDataset, method, rank: int, size: int) -> dict | None:
+    """θ₀ from its seed (or the run's checkpoint), the outer steps with a checkpoint every ``checkpoint_every``, the outputs."""
+    device, out = torch.device(cfg.device), cfg.out
     theta = {k: v.to(device).requires_grad_() for k, v in method.init_params(cfg.seed).items()}
     optimizer = torch.optim.Adam(theta.values(), lr=cfg.outer_lr)
     importance = Importance(cfg.emcl_eta, [torch.ones_like(theta[k]) for k in method.fast]) if cfg.meta_grad == "emcl" else None
-    start, elapsed, curve = 0, 0.0, []
-    if rank == 0:
-        start_run(out, "meta-train", to_dict(cfg), cfg.resume, RESUMABLE)
-    if cfg.resume:
-        start, elapsed, curve = resume_state(out, cfg, theta, optimizer, importance)
-
+    resumed = cfg.resume and (out / "checkpoint.pt").is_file()  # a run killed before its first checkpoint starts afresh
+    start, elapsed, curve = resume_state(out, cfg, theta, optimizer, importance) if resumed else (0, 0.0, [])
     values = ds.values("train").to(device)
     coords = ds.coords("train")
     coords = None if coords is None else coords.to(device)
@@ -103,7 +106,7 @@ def meta_train(cfg: MetaTrainConfig) -> dict | None:
                                             method.task_subset(cfg.seed, step), cfg.clip_grad)  # fmt: skip
             except DivergedError as e:
                 kept = f"the checkpoint of step {last_saved} is kept (--resume continues from it)" if last_saved else "no checkpoint was written yet"
-                raise DivergedError(step, e.loss, last_saved, where=f" (meta-train {cfg.method})", kept=kept, hint="try a lower --outer-lr or --inner-lr") from None
+                raise DivergedError(step, e.loss, last_saved, e.what, where=f" (meta-train {cfg.method})", kept=kept, hint="try a lower --outer-lr or --inner-lr") from None
             elapsed += perf_counter() - t0
             curve.append({"step": step, "loss": loss, "grad_norm": grad_norm, "time_s": elapsed})
             bar.update()
@@ -121,8 +124,8 @@ def meta_train(cfg: MetaTrainConfig) -> dict | None:
 
 def resume_state(out: Path, cfg: MetaTrainConfig, theta: dict, optimizer: torch.optim.Optimizer, importance: Importance | None) -> tuple[int, float, list]:
     """Load the checkpoint of the run in ``out`` into θ₀, the outer optimizer and the importance; returns (step, seconds, curve)."""
-    ck = load_checkpoint(out / "checkpoint.pt")
-    if ck["step"] >= cfg.outer_steps:
+    ck = load_checkpoint(out / "checkpoint.pt", ("step", "elapsed", "curve", "theta", "optimizer", "importance", "rng"))
+    if ck["step"] > cfg.outer_steps:  # equal: killed before its last outputs, which are written now
         raise MclnfError(f"--outer-steps {cfg.outer_steps}: the run in {out} already reached step {ck['step']}")
     with torch.no_grad():
         for k, v in ck["theta"].items():

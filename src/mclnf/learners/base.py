@@ -29,7 +29,7 @@ from torch.func import functional_call
 from mclnf.fields import Field, FieldConfig
 from mclnf.losses import FISHERS, LOSSES
 from mclnf.optim import build_optimizer
-from mclnf.options import OptionGroup, check_choice, check_non_negative, check_positive, check_positive_int, check_range, option
+from mclnf.options import OptionGroup, check_choice, check_non_negative, check_positive, check_positive_int, check_range, check_seed, option
 from mclnf.sampling import Batch, EpochSampler, task_seed
 from mclnf.signals import Layout, Signal, predict_in_chunks
 from mclnf.signals.tasks import Task
@@ -98,6 +98,12 @@ class LearnerOptions(StrategyOptions, OnlineOptions):
     lr: float | None = None
     batch_size: int = 512
     seed: int = 0
+
+    def check(self):
+        check_positive_int(self, "batch_size")
+        check_seed(self, "seed")
+        if self.lr is not None:
+            check_positive(self, "lr")
 
 
 class Learner:

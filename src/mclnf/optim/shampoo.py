@@ -1,5 +1,5 @@
-"""Library optimizers from the preconditioner paper behind mclnf's conventions (``ValueError`` on bad
-arguments, ``state_dict`` round trips): Shampoo from pytorch-optimizer."""
+"""Shampoo from pytorch-optimizer behind mclnf's conventions (``ValueError`` naming a bad argument,
+``state_dict`` round trips)."""
 
 from __future__ import annotations
 
