@@ -14,7 +14,7 @@ from mclnf.optim import OPTIMIZERS, build_optimizer
 
 ROOT = Path(mclnf.__file__).parent
 LAYERS = {  # a module may import from its own layer and the ones below
-    "errors": 0, "io": 0, "options": 0, "sampling": 0, "runtime": 0, "__init__": 0,
+    "errors": 0, "io": 0, "options": 0, "sampling": 0, "runtime": 0, "resources": 0, "__init__": 0,
     "signals": 1, "fields": 2, "losses": 3, "optim": 3, "learners": 4, "train": 5, "eval": 5,
     "config": 6, "runs": 7, "commands": 8, "cli": 9, "__main__": 10,
 }  # fmt: skip

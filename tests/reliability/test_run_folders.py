@@ -151,3 +151,9 @@ def test_meta_test_divergence_and_interrupt_name_what_meta_test_has(cwd, capsys,
     monkeypatch.setattr("mclnf.commands.meta_test.score", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert cli(*argv, "--out", cwd / "t", "--overwrite") == 130
     assert "--resume" not in capsys.readouterr().err
+
+
+def test_an_impossible_field_is_refused_with_its_estimate_before_allocating(cwd, capsys):
+    assert cli("fit", "camera", "--width", 10_000_000, "--out", cwd / "w") == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("mclnf fit: error: --width 10000000") and "GiB; this machine has" in line and not (cwd / "w").exists()

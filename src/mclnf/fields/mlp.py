@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from mclnf.errors import MclnfError
 from mclnf.fields.activations import ACTIVATIONS, Gaussian, RealGabor, Sine, siren_init_
 from mclnf.fields.encoding import PositionalEncoding
+from mclnf.resources import check_fits
 
 DEFAULT_OMEGA0 = {"sine": 30.0, "wavelet": 10.0}
 
@@ -49,6 +50,13 @@ class FieldConfig:
             elif not value > 0:
                 raise MclnfError(f"--{name.replace('_', '-')} {value}: must be positive")
             setattr(self, name, value)
+        check_fits(16 * self.num_params, f"--width {self.width} --depth {self.depth}: a field of {self.num_params:,} parameters (weights, gradients, Adam's moments)")
+
+    @property
+    def num_params(self) -> int:
+        """Σ (fan_in + 1) · fan_out over the linear layers (positional encoding widens the first input)."""
+        dims = [self.in_dim * (1 + 2 * self.pe_frequencies) if self.activation == "relu-pe" else self.in_dim, *[self.width] * (self.depth - 1), self.out_dim]
+        return sum((a + 1) * b for a, b in zip(dims, dims[1:]))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -49,8 +49,9 @@ class Layout(ABC):
     def out_dim(self) -> int: ...
 
     @abstractmethod
-    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float]:
-        """Quality of predictions ``pred`` against ``target`` on the evaluation samples."""
+    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float | None]:
+        """Quality of predictions ``pred`` against ``target`` on the evaluation samples; ``None`` where a
+        metric is undefined for this signal (PESQ of a too-short clip, SSIM of an image under 6 pixels a side)."""
 
     @abstractmethod
     def reconstruct(self, predict: Predict) -> Any:

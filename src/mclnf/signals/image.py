@@ -19,13 +19,28 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 BUILTIN_IMAGES = ("astronaut", "camera", "cat", "coffee", "coins", "horse", "moon", "page", "rocket", "text", "brick", "grass", "gravel")
 
 
-def image_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    """PSNR and SSIM (torchmetrics, data range 1) of images (B, C, H, W); predictions are clipped to [0, 1]."""
+SSIM_MIN_SIDE = 6  # torchmetrics' 11-pixel Gaussian window reflect-pads 5 pixels a side: each side needs more than 5
+
+
+def ssim(pred: Tensor, target: Tensor) -> float | None:
+    """SSIM (torchmetrics, Gaussian window 11 px, σ 1.5, data range 1) of images (B, C, H, W); ``None`` if undefined.
+
+    Rule: an image whose height or width is under :data:`SSIM_MIN_SIDE` (6) pixels has no SSIM: the
+    window cannot be reflect-padded over it, and a smaller window would give a number not comparable
+    with the SSIM of larger images. ``None`` is reported (``null`` in metrics.json) instead of a value.
+    """
+    if min(pred.shape[-2:]) < SSIM_MIN_SIDE:
+        return None
+    return float(structural_similarity_index_measure(pred, target, data_range=1.0))
+
+
+def image_metrics(pred: Tensor, target: Tensor) -> dict[str, float | None]:
+    """PSNR and SSIM (torchmetrics, data range 1) of images (B, C, H, W); predictions are clipped to [0, 1].
+
+    SSIM is ``None`` for images with a side under 6 pixels (see :func:`ssim`).
+    """
     pred = pred.clamp(0, 1)
-    return {
-        "psnr": float(peak_signal_noise_ratio(pred, target, data_range=1.0)),
-        "ssim": float(structural_similarity_index_measure(pred, target, data_range=1.0)),
-    }
+    return {"psnr": float(peak_signal_noise_ratio(pred, target, data_range=1.0)), "ssim": ssim(pred, target)}
 
 
 @dataclass(frozen=True)
@@ -39,7 +54,8 @@ class ImageLayout(GridLayout):
     grid_fields = ("height", "width")
     suffix = ".png"
 
-    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float]:
+    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float | None]:
+        """PSNR and SSIM (``None`` if a side is under 6 pixels, see :func:`ssim`)."""
         as_image = lambda v: self.to_array(v).permute(2, 0, 1)[None]  # noqa: E731
         return image_metrics(as_image(pred), as_image(target))
 

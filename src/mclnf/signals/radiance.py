@@ -29,11 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from mclnf.errors import MclnfError
 from mclnf.io import atomic_path
 from mclnf.signals.base import Layout, Predict, Signal, predict_in_chunks
+from mclnf.signals.image import ssim
 from mclnf.signals.rays import box_segment, camera_rays, cell_borders, composite, sample_pdf, stratified
 from mclnf.signals.scenes import load_posed_images
 
@@ -139,11 +140,13 @@ class RadianceLayout(Layout):
         """Pixels (V·H·W, C) of whole views → images (V, C, H, W)."""
         return values.detach().float().cpu().reshape(-1, self.height, self.width, values.shape[-1]).permute(0, 3, 1, 2)
 
-    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float]:
-        """PSNR (mean over views of each view's PSNR, as NeRF reports it) and SSIM of whole views; data range 1."""
+    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float | None]:
+        """PSNR (mean over views of each view's PSNR, as NeRF reports it) and SSIM of whole views; data range 1.
+
+        SSIM is ``None`` for views with a side under 6 pixels (see :func:`mclnf.signals.image.ssim`)."""
         p, t = self.as_views(pred).clamp(0, 1), self.as_views(target)
         psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
-        return {"psnr": float(psnr.mean()), "ssim": float(structural_similarity_index_measure(p, t, data_range=1.0))}
+        return {"psnr": float(psnr.mean()), "ssim": ssim(p, t)}
 
     def view_rays(self, poses: Tensor) -> list[Tensor]:
         """The rays (H·W, 6) of each camera pose (V, 4, 4)."""

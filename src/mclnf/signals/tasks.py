@@ -74,7 +74,7 @@ class Task(Signal):
     eval_layout: Layout | None = None
     cameras: Tensor | None = None  # views split: the centres of the task's cameras (field coordinates)
 
-    def metrics(self, pred: Tensor) -> dict[str, float]:
+    def metrics(self, pred: Tensor) -> dict[str, float | None]:
         """Quality of ``pred`` on the task's evaluation samples (e.g. PSNR, SSIM of the strip)."""
         return (self.eval_layout or self.layout).metrics(pred, self.eval_values)
 

@@ -31,8 +31,10 @@ class VideoLayout(GridLayout):
     grid_fields = ("frames", "height", "width")
     suffix = ".mp4"
 
-    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float]:
-        """PSNR and SSIM (data range 1) over all frames, each frame an image; predictions clipped to [0, 1]."""
+    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, float | None]:
+        """PSNR and SSIM (data range 1) over all frames, each frame an image; predictions clipped to [0, 1].
+
+        SSIM is ``None`` for frames with a side under 6 pixels (see :func:`mclnf.signals.image.ssim`)."""
         as_frames = lambda v: self.to_array(v).permute(0, 3, 1, 2)  # noqa: E731
         return image_metrics(as_frames(pred.detach().float().cpu()), as_frames(target.detach().float().cpu()))
 
