@@ -232,7 +232,7 @@ def test_llff_errors(tmp_path, raw):
     with pytest.raises(MclnfError, match="poses_bounds.npy: contains NaN, infinite"):
         load_posed_images(root)
     (root / "poses_bounds.npy").write_bytes(b"garbage")
-    with pytest.raises(MclnfError, match="poses_bounds.npy: not a valid .npy file"):
+    with pytest.raises(MclnfError, match="poses_bounds.npy: not a valid poses_bounds.npy: not a NumPy .npy file"):
         load_posed_images(root)
     bad = rows[:5].copy()
     bad[:, 15:] = (-1.0, 3.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -40,6 +41,41 @@ def pesq_wb(pred: np.ndarray, target: np.ndarray, sample_rate: int) -> float | N
         return None
 
 
+def wav_frames(path: Path) -> tuple[int, int] | None:
+    """(declared, readable) sample frames of a RIFF/RIFX WAV file: the ``data`` chunk's size in its header and the
+    part of it the file holds, in frames of the ``fmt `` chunk's block size; ``None`` where the header does not
+    declare a length (streaming writers' 0 or 0xFFFFFFFF, RF64) or is too damaged to say (soundfile judges those).
+
+    libsndfile silently shortens a WAV whose data chunk runs past the end of the file, so a truncated file
+    (an interrupted copy or download) would load as a shorter signal; this is what finds it out.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        order = "<" if head[:4] == b"RIFF" else ">"
+        block = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, length = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+            if cid == b"fmt ":
+                fmt = f.read(length)
+                if len(fmt) < 14:
+                    return None
+                block = struct.unpack(order + "H", fmt[12:14])[0]
+                if length % 2:
+                    f.seek(1, 1)
+            elif cid == b"data":
+                if not block or length in (0, 0xFFFFFFFF):
+                    return None
+                return length // block, min(length, size - f.tell()) // block
+            else:
+                f.seek(length + length % 2, 1)
+
+
 @dataclass(frozen=True)
 class AudioLayout(GridLayout):
     """``subtype`` is the WAV subtype reconstructions are written with (that of the source where WAV has it)."""
@@ -75,7 +111,9 @@ def load_audio(path: str | os.PathLike, start: float | None = None, duration: fl
     """Load a WAV/FLAC/OGG file as a :class:`Signal` with values (N, channels) in [-1, 1].
 
     ``start`` and ``duration`` (seconds) cut a segment; integer PCM is scaled by soundfile, so
-    PCM_16 → float32 → PCM_16 is exact.
+    PCM_16 → float32 → PCM_16 is exact. A WAV file shorter than its header declares (truncated) is
+    refused (:func:`wav_frames`); a truncated FLAC is refused by soundfile's decoder error. OGG has no
+    declared length, so a truncated OGG loads as the part that is there.
     """
     p = check_readable(path, SUFFIXES)
     if start is not None and start < 0:
@@ -85,6 +123,9 @@ def load_audio(path: str | os.PathLike, start: float | None = None, duration: fl
     try:
         with sf.SoundFile(p) as f:
             rate, channels, total, subtype = f.samplerate, f.channels, f.frames, f.subtype
+            frames = wav_frames(p) if f.format == "WAV" else None
+            if frames is not None and frames[1] < frames[0]:
+                raise MclnfError(f"{p}: truncated WAV file: its header declares {frames[0]:,} sample frames but the file holds only {frames[1]:,}")
             first = round((start or 0.0) * rate)
             if total == 0:
                 raise MclnfError(f"{p}: no audio samples (the file is empty)")

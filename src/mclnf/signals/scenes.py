@@ -9,7 +9,8 @@ length in pixels (square pixels, principal point at the image centre), near/far 
   view (0, holdout, 2·holdout, …) is held out, as LLFF's ``llffhold``.
 - NeRF-synthetic folder (``transforms_{train,val,test}.json``): train views from ``transforms_train.json``,
   held-out views from ``transforms_test.json`` (``transforms_val.json`` without it); near 2, far 6;
-  focal = 0.5·W / tan(0.5·camera_angle_x).
+  focal = 0.5·W / tan(0.5·camera_angle_x). Every frame's ``file_path`` must resolve (``..`` and symlinks
+  followed) inside the scene folder; one that leads out of it is refused.
 - LLFF folder (``poses_bounds.npy`` and ``images/``): LLFF's [down, right, backwards] rotation columns become
   [right, up, backwards]; near = 0.9·min(bounds), far = max(bounds). There is no NDC warp and no recentring
   or rescaling of the poses (unlike LLFF's own loader): the scene stays in the coordinates of the file.
@@ -222,6 +223,11 @@ def _read_json(f: Path) -> dict:
     return meta
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` resolves (``..`` and symlinks followed) to ``folder`` or somewhere below it."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
 def _load_blender(p: Path):
     held_out = next((p / f"transforms_{s}.json" for s in ("test", "val") if (p / f"transforms_{s}.json").is_file()), None)
     if held_out is None:
@@ -246,6 +252,8 @@ def _load_blender(p: Path):
                 raise MclnfError(f"{jf}: frame {i} needs file_path and transform_matrix")
             name = Path(str(frame["file_path"]))
             files.append(p / (name if name.suffix.lower() in SUFFIXES else name.with_name(name.name + ".png")))
+            if not _inside(files[-1], p):
+                raise MclnfError(f"{jf}: frame {i}: file_path {frame['file_path']!r} resolves outside the scene folder {p}; image paths must stay inside it")
             try:
                 matrices.append(np.asarray(frame["transform_matrix"], dtype=np.float64))
             except (TypeError, ValueError):
@@ -260,12 +268,25 @@ def _load_blender(p: Path):
     return images, poses, focal, BLENDER_NEAR, BLENDER_FAR, train, test
 
 
+def _read_poses_bounds(f: Path) -> np.ndarray:
+    """The array of an LLFF ``poses_bounds.npy``; anything that is not a plain .npy array is refused in one line
+    (never with numpy's hint to load it with ``allow_pickle``: such a file is not a poses_bounds.npy)."""
+    expected = "expected an N × 17 float array saved by numpy.save"
+    try:
+        with open(f, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise MclnfError(f"{f}: not a valid poses_bounds.npy: not a NumPy .npy file ({expected})")
+            fh.seek(0)
+            return np.load(fh, allow_pickle=False)
+    except (ValueError, EOFError, TypeError, SyntaxError):  # numpy's errors for bad headers, object arrays and truncated data
+        raise MclnfError(f"{f}: not a valid poses_bounds.npy: damaged, truncated or holding Python objects ({expected})") from None
+    except OSError as e:
+        raise MclnfError(f"{f}: cannot read ({type(e).__name__}: {_first_line(e)})") from None
+
+
 def _load_llff(p: Path):
     f = p / "poses_bounds.npy"
-    try:
-        arr = np.load(f, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise MclnfError(f"{f}: not a valid .npy file ({type(e).__name__}: {_first_line(e)})") from None
+    arr = _read_poses_bounds(f)
     if arr.ndim != 2 or arr.shape[1] != 17 or arr.shape[0] == 0:
         raise MclnfError(f"{f}: shape {arr.shape}; expected (N, 17): a 3×5 [R | t | hwf] and 2 depth bounds per view")
     if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
