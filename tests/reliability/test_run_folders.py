@@ -157,3 +157,10 @@ def test_an_impossible_field_is_refused_with_its_estimate_before_allocating(cwd,
     assert cli("fit", "camera", "--width", 10_000_000, "--out", cwd / "w") == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith("mclnf fit: error: --width 10000000") and "GiB; this machine has" in line and not (cwd / "w").exists()
+
+
+@pytest.mark.parametrize("argv", [("fit", "camera"), ("fit", DATA / "video" / "bikes.mp4", "--frames", 2)], ids=["image", "video"])
+def test_an_impossible_resize_is_refused_with_its_estimate(cwd, capsys, argv):
+    assert cli(*argv, "--resize", 100_000, "--out", cwd / "r") == 2
+    line = one_line(capsys.readouterr().err)
+    assert "--resize 100000" in line and "GiB; this machine has" in line and not (cwd / "r").exists()

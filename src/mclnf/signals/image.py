@@ -13,6 +13,7 @@ from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from mclnf.errors import MclnfError
+from mclnf.resources import check_fits
 from mclnf.signals.base import GridLayout, Signal, check_readable
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -81,6 +82,8 @@ def resize_longer_side(x: Tensor, size: int) -> Tensor:
         raise MclnfError(f"--resize {size}: must be a positive number of pixels")
     scale = size / max(x.shape[1:3])
     hw = (max(1, round(x.shape[1] * scale)), max(1, round(x.shape[2] * scale)))
+    samples = x.shape[0] * hw[0] * hw[1]  # each a value (C floats) and coordinates, in a few copies: 16 bytes a float is the estimate
+    check_fits(16 * samples * (x.shape[3] + 3), f"--resize {size}: {x.shape[0]} × {hw[0]} × {hw[1]} samples")
     if hw == tuple(x.shape[1:3]):
         return x
     return F.interpolate(x.permute(0, 3, 1, 2), size=hw, mode="bilinear", align_corners=False, antialias=False).permute(0, 2, 3, 1)
