@@ -10,6 +10,7 @@ default depends on the signal are None until :func:`resolve` fills them with the
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ SIGNAL_OPTIONS = {  # the loader options that apply to each kind
     "audio": ("start", "duration"),
     "video": ("frames", "start_frame", "resize"),
     "occupancy": ("points", "eval_points", "resolution"),
-    "radiance": ("resize", "holdout", "samples", "importance", "scene_bound", "direction"),
+    "radiance": ("resize", "holdout", "samples", "importance", "scene_bound", "direction", "factor", "ndc"),
 }
 FIELD_OPTIONS = ("width", "depth", "activation", "omega0", "first_omega0", "sigma", "s0", "pe_frequencies")
 META_TASK_BATCH = {"radiance": 256}  # rays of each task per outer step: a scene block's tasks hold thousands
@@ -94,6 +95,9 @@ class SceneOptions(OptionGroup):
     importance: int | None = option(None, "scene: extra samples per ray drawn from the first pass's weights (hierarchical sampling; default: 0)")
     scene_bound: float | None = option(None, "scene: half-size of the scene box around its centre, world units (default: the ball every camera sees whole)")
     direction: str | None = option(None, "scene: view direction as 2 angles (field input 5, default) or a unit vector (input 6)", choices=("angles", "vector"))
+    factor: int | None = option(None, "LLFF: read images_N/, the images downscaled N times (default: images/ if present, else the images_N/ of the smallest N)")
+    ndc: bool | None = option(None, "LLFF: render in normalized device coordinates, NeRF's for forward-facing scenes (default: on for LLFF; refused for other scenes)",
+                              action=argparse.BooleanOptionalAction)  # fmt: skip
 
 
 @dataclass(kw_only=True)
@@ -350,7 +354,8 @@ def loader_options(cfg, kind: str | None = None) -> dict:
     """The loader options ``cfg`` sets (those of ``kind`` only, when given), as keyword arguments of :func:`mclnf.signals.load_signal`."""
     names = SIGNAL_OPTIONS[kind] if kind else [f.name for f in dataclasses.fields(LoaderOptions) + dataclasses.fields(SceneOptions)]
     values = {k: getattr(cfg, k, None) for k in names if k != "resolution"}
-    return {k: v for k, v in values.items() if v is not None and v is not False}  # not `in (None, False)`: 0 == False (--samples 0 is an error to report)
+    # not `in (None, False)`: 0 == False (--samples 0 is an error to report); --no-ndc's False is a choice, not "unset"
+    return {k: v for k, v in values.items() if v is not None and (v is not False or k == "ndc")}
 
 
 def load_configured_signal(cfg) -> Signal:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mclnf.errors import MclnfError
-from mclnf.signals.scenes import is_scene, load_posed_images
+from mclnf.signals.scenes import average_pose, is_scene, load_posed_images
 
 DATA = Path(os.environ.get("MCLNF_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 LEGO = DATA / "nerf" / "lego_100.npz"
@@ -124,14 +124,19 @@ def test_llff_folder_poses_bounds_and_split(tmp_path, raw):
     root = write_llff(tmp_path / "fern", raw)
     assert is_scene(root)
     s = load_posed_images(root, holdout=3)
-    torch.testing.assert_close(s.poses, torch.from_numpy(raw["poses"][:6]), rtol=0, atol=1e-6)
-    assert s.near == pytest.approx(0.9 * 2.5) and s.far == pytest.approx(5.5)
+    # NeRF's load_llff_data: translations scaled by 1 / (0.75·min bound), then recentred on the average pose
+    scaled = raw["poses"][:6].astype(np.float64).copy()
+    scaled[:, :3, 3] /= 0.75 * 2.5
+    expected = np.linalg.inv(average_pose(scaled)) @ scaled
+    torch.testing.assert_close(s.poses, torch.from_numpy(expected).float(), rtol=0, atol=1e-5)
+    assert s.near == pytest.approx(0.9 / 0.75) and s.far == pytest.approx(5.5 / (0.75 * 2.5))
     assert s.focal == pytest.approx(float(raw["focal"]), rel=1e-6)
     assert s.test == [0, 3] and s.train == [1, 2, 4, 5]
-    assert s.images.shape == (6, 100, 100, 3)
+    assert s.images.shape == (6, 100, 100, 3) and s.forward_facing
     assert torch.equal(s.images[2], torch.from_numpy(iio.imread(root / "images" / "IMG_0002.png")).float() / 255)
-    # images smaller than the hwf's height: focal scales with them
-    for f in sorted((root / "images").iterdir()):
+    # images_2/: half the hwf's size, focal / 2
+    (root / "images").rename(root / "images_2")
+    for f in sorted((root / "images_2").iterdir()):
         iio.imwrite(f, iio.imread(f)[::2, ::2])
     assert load_posed_images(root).focal == pytest.approx(float(raw["focal"]) / 2, rel=1e-6)
 
@@ -237,10 +242,10 @@ def test_llff_errors(tmp_path, raw):
     bad = rows[:5].copy()
     bad[:, 15:] = (-1.0, 3.0)
     np.save(root / "poses_bounds.npy", bad)
-    with pytest.raises(MclnfError, match="f: near -0.9"):
+    with pytest.raises(MclnfError, match=r"poses_bounds.npy: depth bounds must satisfy 0 < near < far for every view, found near -1"):
         load_posed_images(root)
     for f in (root / "images").iterdir():
         f.unlink()
     (root / "images").rmdir()
-    with pytest.raises(MclnfError, match="f: no images/ folder"):
+    with pytest.raises(MclnfError, match="f: no images/ or images_N/ folder beside poses_bounds.npy"):
         load_posed_images(root)

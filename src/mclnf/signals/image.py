@@ -148,6 +148,7 @@ def image_signal(pixels: np.ndarray, source: str, resize: int | None = None, cro
     if pad < 0:
         raise MclnfError(f"--pad {pad}: must not be negative")
     if pad:
+        check_fits(16 * (x.shape[0] + 2 * pad) * (x.shape[1] + 2 * pad) * (x.shape[2] + 2), f"--pad {pad}: {x.shape[0] + 2 * pad} × {x.shape[1] + 2 * pad} pixels")
         x = torch.nn.functional.pad(x.permute(2, 0, 1), (pad, pad, pad, pad)).permute(1, 2, 0)
     layout = ImageLayout(height=x.shape[0], width=x.shape[1], channels=x.shape[2], bit_depth=bit_depth)
     return Signal(name=source, layout=layout, coords=layout.coords(), values=x.reshape(-1, x.shape[2]).contiguous())

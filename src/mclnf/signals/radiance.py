@@ -11,6 +11,15 @@ depths on the part of [near, far] inside the scene box (jittered while gradients
 training; strata centres in evaluation), plus ``importance`` depths drawn from the first pass's weights
 (hierarchical sampling with the same field, as mip-NeRF), composited over a white background.
 
+Forward-facing scenes (LLFF) are rendered in normalized device coordinates (``ndc``, NeRF's default for
+them): a ray (still stored as its world origin and direction) is warped by :func:`mclnf.signals.rays.ndc_rays`
+(near plane 1, the layout's focal length and size), its samples are the depths t ∈ [0, 1] of the warped
+ray (layout ``near`` 0, ``far`` 1: the near plane to infinity), whose points lie in about [-1, 1]³ (exactly for
+the average camera) and are the field's position input as they are; the view direction is the world ray's, and δ is measured along
+the warped ray (as NeRF). No scene box bounds the samples; ``center``/``bound`` only place the cameras
+(:meth:`RadianceLayout.locate`), and the turntable becomes a circle of cameras in the average held-out
+camera's image plane.
+
 Scene box (default): centred on the point nearest to every training camera's optical axis; its
 half-size (:func:`default_bound`) that of the ball about the centre every camera sees whole when
 they all look at it (lego: 1.37), else the cube that holds every sample of every training ray
@@ -35,10 +44,11 @@ from mclnf.errors import MclnfError
 from mclnf.io import atomic_path
 from mclnf.signals.base import Layout, Predict, Signal, predict_in_chunks
 from mclnf.signals.image import ssim
-from mclnf.signals.rays import box_segment, camera_rays, cell_borders, composite, sample_pdf, stratified
-from mclnf.signals.scenes import load_posed_images
+from mclnf.signals.rays import box_segment, camera_rays, cell_borders, composite, ndc_rays, sample_pdf, stratified
+from mclnf.signals.scenes import average_pose, load_posed_images
 
 DIRECTIONS = ("angles", "vector")
+NDC_NEAR = 1.0  # NeRF's near plane of the NDC warp (after LLFF's rescaling the nearest depth is 1/0.75)
 POINTS_PER_CHUNK = 2**14  # field evaluations per chunk when rendering without gradients (small: the activations stay in cache)
 
 
@@ -61,6 +71,7 @@ class RadianceLayout(Layout):
     turntable_frames: int = 24
     jitter: bool = True  # stratified depths drawn at random while training (False: strata centres always; deterministic)
     block_views: int = 0  # views per signal when a scene is cut into blocks of views (a meta-learning dataset); 0: a whole scene
+    ndc: bool = False  # rays rendered in normalized device coordinates (forward-facing scenes; near 0, far 1, no box)
 
     kind = "radiance"
     loss = "mse"
@@ -71,7 +82,7 @@ class RadianceLayout(Layout):
     def __repr__(self) -> str:  # the poses would fill a screen
         return (f"RadianceLayout({self.height}×{self.width}, focal {self.focal:.6g}, near {self.near:g}, far {self.far:g}, box {self.bound:.4g} about "
                 f"({', '.join(f'{c:.3g}' for c in self.center)}), {len(self.views) // 16} held-out views, {self.samples}+{self.importance} samples, "
-                f"direction {self.direction}, block of {self.block_views} views)")  # fmt: skip
+                f"direction {self.direction}, block of {self.block_views} views{', NDC' if self.ndc else ''})")  # fmt: skip
 
     @property
     def in_dim(self) -> int:
@@ -100,8 +111,9 @@ class RadianceLayout(Layout):
         return (coords[:, :3] - coords.new_tensor(self.center)) / self.bound
 
     def field_inputs(self, points: Tensor, dirs: Tensor) -> Tensor:
-        """Field inputs of world points (…, 3) seen along directions (…, 3): normalized position and direction."""
-        x = (points - points.new_tensor(self.center)) / self.bound
+        """Field inputs of points (…, 3) seen along directions (…, 3): normalized position (world points by the
+        scene box; NDC points as they are) and direction."""
+        x = points if self.ndc else (points - points.new_tensor(self.center)) / self.bound
         u = F.normalize(dirs, dim=-1)
         if self.direction == "vector":
             return torch.cat([x, u], -1)
@@ -109,10 +121,11 @@ class RadianceLayout(Layout):
         phi = torch.acos(u[..., 2].clamp(-1, 1)) * (2 / math.pi) - 1
         return torch.cat([x, theta[..., None], phi[..., None]], -1)
 
-    def shade(self, field: Predict, origins: Tensor, dirs: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Density (N, S) and colour (N, S, 3) of the field at depths ``t`` (N, S) of the rays."""
+    def shade(self, field: Predict, origins: Tensor, dirs: Tensor, t: Tensor, view: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Density (N, S) and colour (N, S, 3) of the field at depths ``t`` (N, S) of the rays, seen along
+        ``view`` (N, 3; default ``dirs``: NDC rays are seen along their world directions)."""
         points = origins[:, None] + t[..., None] * dirs[:, None]
-        inputs = self.field_inputs(points, dirs[:, None].expand_as(points))
+        inputs = self.field_inputs(points, (dirs if view is None else view)[:, None].expand_as(points))
         raw = field(inputs.reshape(-1, inputs.shape[-1])).reshape(*t.shape, 4)
         return F.softplus(raw[..., 0]), torch.sigmoid(raw[..., 1:])
 
@@ -121,15 +134,20 @@ class RadianceLayout(Layout):
         docstring); ``jitter`` defaults to the layout's, while gradients are on (training)."""
         jitter = (self.jitter and torch.is_grad_enabled()) if jitter is None else jitter
         origins, dirs = rays[:, :3], rays[:, 3:]
-        t0, t1 = box_segment(origins, dirs, origins.new_tensor(self.center), self.bound, self.near, self.far)
+        view = dirs
+        if self.ndc:
+            origins, dirs = ndc_rays(self.height, self.width, self.focal, NDC_NEAR, origins, dirs)
+            t0, t1 = torch.full_like(origins[:, 0], self.near), torch.full_like(origins[:, 0], self.far)
+        else:
+            t0, t1 = box_segment(origins, dirs, origins.new_tensor(self.center), self.bound, self.near, self.far)
         t = stratified(t0, t1, self.samples, jitter)
         norm = dirs.norm(dim=-1)
         if self.importance:
             with torch.no_grad():
                 borders = cell_borders(t, t0, t1)
-                w = composite(*self.shade(field, origins, dirs, t), t, borders.diff(dim=-1), norm)["w"]
+                w = composite(*self.shade(field, origins, dirs, t, view), t, borders.diff(dim=-1), norm)["w"]
                 t = torch.sort(torch.cat([t, sample_pdf(borders, w, self.importance, jitter)], -1), -1).values
-        sigma, rgb = self.shade(field, origins, dirs, t)
+        sigma, rgb = self.shade(field, origins, dirs, t, view)
         return composite(sigma, rgb, t, cell_borders(t, t0, t1).diff(dim=-1), norm)
 
     def observe(self, field: Predict, coords: Tensor) -> Tensor:
@@ -165,11 +183,14 @@ class RadianceLayout(Layout):
         iio.imwrite(path, tile([native]), extension=".png")
 
     def depth_colors(self, depth: Tensor) -> Tensor:
-        """Depth maps (…, H, W) → RGB in [0, 1] (matplotlib's turbo over the box's depth range seen from the cameras; near is red)."""
+        """Depth maps (…, H, W) → RGB in [0, 1] (matplotlib's turbo over the box's depth range seen from the cameras,
+        NDC depth over [0, 1]; near is red)."""
         from matplotlib import colormaps
 
         dist = float((self.poses[:, :3, 3] - torch.tensor(self.center)).norm(dim=-1).mean())
         lo, hi = max(self.near, dist - self.bound * math.sqrt(3)), min(self.far, dist + self.bound * math.sqrt(3))
+        if self.ndc:
+            lo, hi = self.near, self.far
         x = ((hi - depth) / max(hi - lo, 1e-9)).clamp(0, 1).cpu().numpy()
         return torch.from_numpy(colormaps["turbo"](x)[..., :3]).float()
 
@@ -181,7 +202,8 @@ class RadianceLayout(Layout):
         truth = self.as_views(signal.eval_values).permute(0, 2, 3, 1)
         with atomic_path(out / "views_vs_truth.png") as tmp:
             iio.imwrite(tmp, tile([truth, views[..., :3], self.depth_colors(views[..., 3])]), extension=".png")
-        frames = self.render_views(lambda rays: self.observe(field, rays), turntable_poses(self, self.turntable_frames))
+        path = (image_plane_circle if self.ndc else turntable_poses)(self, self.turntable_frames)
+        frames = self.render_views(lambda rays: self.observe(field, rays), path)
         frames = (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")  # yuv420p: even sizes
         with atomic_path(out / "turntable.mp4") as tmp:
@@ -225,6 +247,19 @@ def turntable_poses(layout: RadianceLayout, n: int) -> Tensor:
     return torch.stack([look_at(center + height * up + ring * (math.cos(a) * e1 + math.sin(a) * e2), center, up) for a in angles.tolist()])
 
 
+def image_plane_circle(layout: RadianceLayout, n: int) -> Tensor:
+    """``n`` poses of a forward-facing scene: the average held-out camera (NeRF's ``poses_avg``) moved on a circle
+    in its own image plane, of radius the held-out cameras' 90th-percentile offset from it, looking where it looks."""
+    poses = layout.poses.double().numpy()
+    avg = torch.from_numpy(average_pose(poses))
+    offsets = (poses[:, :3, 3] - avg[:3, 3].numpy()) @ avg[:3, :3].numpy()  # in the average camera's frame
+    radius = float(np.percentile(np.linalg.norm(offsets[:, :2], axis=1), 90)) or 0.1  # one held-out view: a small circle
+    out = avg[None].repeat(n, 1, 1)
+    for k, a in enumerate((torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)).tolist()):
+        out[k, :3, 3] += radius * (math.cos(a) * avg[:3, 0] + math.sin(a) * avg[:3, 1])
+    return out.float()
+
+
 def axes_center(poses: Tensor) -> Tensor:
     """The point nearest (least squares) to every camera's optical axis; a tiny pull towards the cameras'
     mean keeps it defined when the axes are parallel (forward-facing captures)."""
@@ -259,9 +294,12 @@ def rays_of(images: Tensor, poses: Tensor, focal: float) -> tuple[Tensor, Tensor
 
 def load_radiance(
     path: str | Path, resize: int | None = None, holdout: int = 8, samples: int = 64, importance: int = 0,
-    scene_bound: float | None = None, direction: str = "angles",
+    scene_bound: float | None = None, direction: str = "angles", factor: int | None = None, ndc: bool | None = None,
 ) -> Signal:  # fmt: skip
-    """A scene of posed images (``.npz``, NeRF-synthetic or LLFF folder; :mod:`mclnf.signals.scenes`) as a radiance signal."""
+    """A scene of posed images (``.npz``, NeRF-synthetic or LLFF folder; :mod:`mclnf.signals.scenes`) as a radiance signal.
+
+    ``factor`` reads an LLFF folder's ``images_{factor}/``; ``ndc`` renders in normalized device coordinates
+    (default: for LLFF scenes; refused for the others, which are not forward-facing)."""
     if samples < 2:
         raise MclnfError(f"--samples {samples}: need at least 2 samples per ray")
     if importance < 0:
@@ -270,7 +308,10 @@ def load_radiance(
         raise MclnfError(f"--direction {direction}: unknown; choose one of {', '.join(DIRECTIONS)}")
     if scene_bound is not None and not 0 < scene_bound < math.inf:
         raise MclnfError(f"--scene-bound {scene_bound}: must be a positive number")
-    scene = load_posed_images(path, resize=resize, holdout=holdout)
+    scene = load_posed_images(path, resize=resize, holdout=holdout, factor=factor)
+    if ndc and not scene.forward_facing:
+        raise MclnfError(f"--ndc: only for forward-facing LLFF scenes (poses_bounds.npy); {path} is not one")
+    ndc = scene.forward_facing if ndc is None else ndc
     V, H, W, _ = scene.images.shape
     train, test = scene.poses[scene.train], scene.poses[scene.test]
     center = axes_center(train)
@@ -282,8 +323,10 @@ def load_radiance(
     layout = RadianceLayout(
         height=H, width=W, focal=float(scene.focal), near=float(scene.near), far=float(scene.far),
         center=tuple(float(c) for c in center), bound=float(scene_bound), up=tuple(float(u) for u in up),
-        views=tuple(float(v) for v in test.reshape(-1)), samples=samples, importance=importance, direction=direction,
+        views=tuple(float(v) for v in test.reshape(-1)), samples=samples, importance=importance, direction=direction, ndc=ndc,
     )  # fmt: skip
+    if ndc:  # NeRF's: t ∈ [0, 1] of the warped rays, the near plane to infinity
+        layout = dataclasses.replace(layout, near=0.0, far=1.0)
     return Signal(name=str(path), layout=layout, coords=rays, values=pixels, eval_coords=eval_rays, eval_values=eval_pixels)
 
 

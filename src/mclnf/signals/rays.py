@@ -10,6 +10,10 @@ with δ_k the length of sample k's cell: the cells' borders are the midpoints be
 samples and the segment's ends, so the cells tile the segment exactly (for stratified samples at the
 strata's centres δ_k is the stratum's width). T_k is written exp(−Σ_{j<k} σ_j δ_j ‖d‖), which is
 exact and needs no cumulative product.
+
+Forward-facing scenes (LLFF) are rendered in normalized device coordinates (NeRF's appendix C, its
+``ndc_rays``): :func:`ndc_rays` maps a ray of a camera looking along −z to a ray whose points lie in
+[-1, 1]³ (for a camera at the origin; about it for cameras near it) with depth t ∈ [0, 1] from the near plane (t = 0) to infinity (t = 1).
 """
 
 from __future__ import annotations
@@ -30,6 +34,23 @@ def camera_rays(height: int, width: int, focal: float, c2w: Tensor) -> tuple[Ten
     cam = torch.stack([(i + 0.5 - width / 2) / focal, -(j + 0.5 - height / 2) / focal, -torch.ones_like(i)], -1).reshape(-1, 3)
     dirs = cam @ c2w[:3, :3].T
     return c2w[:3, 3].expand_as(dirs).clone(), dirs
+
+
+def ndc_rays(height: int, width: int, focal: float, near: float, origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
+    """World rays (N, 3) + (N, 3) → the same rays in normalized device coordinates (NeRF's ``ndc_rays``).
+
+    Each origin is first moved along its ray to the plane z = −``near``; then, with a_x = −2f/W and
+    a_y = −2f/H, the origin becomes (a_x o_x/o_z, a_y o_y/o_z, 1 + 2·near/o_z) and the direction
+    (a_x (d_x/d_z − o_x/o_z), a_y (d_y/d_z − o_y/o_z), −2·near/o_z): the point o' + t·d' of the warped ray
+    is the projection of the ray's world point at z = −near/(1 − t), so t ∈ [0, 1] spans the near plane to infinity.
+    Rays must point away from the plane (d_z < 0, as every camera of a recentred forward-facing capture)."""
+    t = -(near + origins[..., 2]) / dirs[..., 2]
+    o = origins + t[..., None] * dirs
+    ax, ay = -2.0 * focal / width, -2.0 * focal / height
+    oz = o[..., 2]
+    o_ndc = torch.stack([ax * o[..., 0] / oz, ay * o[..., 1] / oz, 1 + 2 * near / oz], -1)
+    d_ndc = torch.stack([ax * (dirs[..., 0] / dirs[..., 2] - o[..., 0] / oz), ay * (dirs[..., 1] / dirs[..., 2] - o[..., 1] / oz), -2 * near / oz], -1)
+    return o_ndc, d_ndc
 
 
 def box_segment(origins: Tensor, dirs: Tensor, center: Tensor, bound: float, near: float, far: float) -> tuple[Tensor, Tensor]:

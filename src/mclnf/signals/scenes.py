@@ -11,9 +11,16 @@ length in pixels (square pixels, principal point at the image centre), near/far 
   held-out views from ``transforms_test.json`` (``transforms_val.json`` without it); near 2, far 6;
   focal = 0.5·W / tan(0.5·camera_angle_x). Every frame's ``file_path`` must resolve (``..`` and symlinks
   followed) inside the scene folder; one that leads out of it is refused.
-- LLFF folder (``poses_bounds.npy`` and ``images/``): LLFF's [down, right, backwards] rotation columns become
-  [right, up, backwards]; near = 0.9·min(bounds), far = max(bounds). There is no NDC warp and no recentring
-  or rescaling of the poses (unlike LLFF's own loader): the scene stays in the coordinates of the file.
+- LLFF folder (``poses_bounds.npy`` and ``images/`` or ``images_N/``), read as NeRF's ``load_llff_data``
+  reads it: the images of ``images_N/`` (``factor`` N; without it ``images/`` when present, else the
+  ``images_N/`` of the smallest N) must be the file's full-resolution H×W divided by N (within a pixel,
+  as LLFF's own downscaling rounds), and the focal length is the file's f / N. LLFF's [down, right,
+  backwards] rotation columns become [right, up, backwards]; translations and depth bounds are scaled by
+  1 / (0.75·min(bounds)) (NeRF's ``bd_factor``: the nearest depth becomes 1/0.75), then every pose is
+  recentred so that the average pose (mean centre, summed back and up axes; NeRF's ``poses_avg``) is the
+  identity. Near = 0.9·min(bounds), far = max(bounds), after the scaling. Such a scene is
+  ``forward_facing``: radiance fields render it in normalized device coordinates by default
+  (:func:`mclnf.signals.rays.ndc_rays`). NeRF's ``spherify`` and spiral render path are not done.
 
 ``resize`` scales the images so the longer side has that many pixels (bilinear, no antialiasing, after
 compositing) and the focal length by the same factor.
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +42,7 @@ from mclnf.errors import MclnfError
 from mclnf.signals.image import SUFFIXES, composite_on_white, read_image, resize_longer_side
 
 BLENDER_NEAR, BLENDER_FAR = 2.0, 6.0  # the NeRF-synthetic convention
+LLFF_BD_FACTOR = 0.75  # NeRF's bd_factor: the nearest depth bound becomes 1 / 0.75 after scaling
 
 
 @dataclass
@@ -48,6 +57,7 @@ class PosedImages:
     far: float
     train: list[int]  # indices of training views
     test: list[int]  # indices of held-out views
+    forward_facing: bool = False  # an LLFF capture (recentred; rendered in NDC by default)
 
     @property
     def height(self) -> int:
@@ -66,24 +76,30 @@ def is_scene(path: str | Path) -> bool:
     return p.is_dir() and ((p / "transforms_train.json").is_file() or (p / "poses_bounds.npy").is_file())
 
 
-def load_posed_images(path: str | Path, *, resize: int | None = None, holdout: int = 8) -> PosedImages:
+def load_posed_images(path: str | Path, *, resize: int | None = None, holdout: int = 8, factor: int | None = None) -> PosedImages:
     """Load a scene (``.npz``, NeRF-synthetic or LLFF folder, see the module docstring).
 
     ``resize`` (0 or None keeps the size) scales the longer side to that many pixels and the focal length
-    with it; ``holdout`` (≥ 2) picks every ``holdout``-th view for testing in ``.npz`` and LLFF scenes.
+    with it; ``holdout`` (≥ 2) picks every ``holdout``-th view for testing in ``.npz`` and LLFF scenes;
+    ``factor`` (LLFF only) reads ``images_{factor}/`` (1: ``images/``).
     """
     p = Path(path)
     if holdout < 2:
         raise MclnfError(f"{p}: holdout {holdout} must be at least 2")
     if resize is not None and resize < 0:
         raise MclnfError(f"{p}: resize {resize} must be a positive number of pixels (0 keeps the size)")
+    if factor is not None and factor < 1:
+        raise MclnfError(f"--factor {factor}: must be a positive integer")
     if not p.exists():
         raise MclnfError(f"{p}: no such file or folder")
+    llff = p.is_dir() and not (p / "transforms_train.json").is_file() and (p / "poses_bounds.npy").is_file()
+    if factor is not None and not llff:
+        raise MclnfError(f"--factor {factor}: only LLFF folders (poses_bounds.npy with images_N/) have downscaled image folders; {p} is not one")
     if p.is_dir():
         if (p / "transforms_train.json").is_file():
             images, poses, focal, near, far, train, test = _load_blender(p)
         elif (p / "poses_bounds.npy").is_file():
-            images, poses, focal, near, far = _load_llff(p)
+            images, poses, focal, near, far = _load_llff(p, factor)
             train, test = _holdout_split(p, len(images), holdout)
         else:
             raise MclnfError(f"{p}: not a scene folder (no transforms_train.json or poses_bounds.npy)")
@@ -110,6 +126,7 @@ def load_posed_images(path: str | Path, *, resize: int | None = None, holdout: i
         far=float(far),
         train=train,
         test=test,
+        forward_facing=llff,
     )
 
 
@@ -284,7 +301,38 @@ def _read_poses_bounds(f: Path) -> np.ndarray:
         raise MclnfError(f"{f}: cannot read ({type(e).__name__}: {_first_line(e)})") from None
 
 
-def _load_llff(p: Path):
+def _llff_image_folder(p: Path, factor: int | None) -> tuple[Path, int]:
+    """The image folder of an LLFF scene and its downscaling factor: ``images_{factor}/`` (1: ``images/``), or,
+    without a factor, ``images/`` when present, else the ``images_N/`` of the smallest N (NeRF's ``_load_data``)."""
+    found = {1: p / "images"} if (p / "images").is_dir() else {}
+    for q in p.iterdir():
+        m = re.fullmatch(r"images_([0-9]+)", q.name)
+        if m and int(m[1]) >= 1 and q.is_dir():
+            found.setdefault(int(m[1]), q)
+    have = ", ".join(f"{found[n].name}/" for n in sorted(found)) or "none"
+    if factor is None:
+        if not found:
+            raise MclnfError(f"{p}: no images/ or images_N/ folder beside poses_bounds.npy")
+        factor = min(found)
+    elif factor not in found:
+        name = "images" if factor == 1 else f"images_{factor}"
+        raise MclnfError(f"{p}: --factor {factor}: no {name}/ folder beside poses_bounds.npy (image folders: {have})")
+    return found[factor], factor
+
+
+def average_pose(c2w: np.ndarray) -> np.ndarray:
+    """The average (4, 4) of camera-to-world poses (V, ≥3, 4) (NeRF's ``poses_avg``): the mean camera centre, the
+    normalized sum of the back axes, and the summed up axes made orthogonal to it (right = up × back)."""
+    back = c2w[:, :3, 2].sum(0)
+    back = back / np.linalg.norm(back)
+    right = np.cross(c2w[:, :3, 1].sum(0), back)
+    right = right / np.linalg.norm(right)
+    avg = np.eye(4)
+    avg[:3] = np.stack([right, np.cross(back, right), back, c2w[:, :3, 3].mean(0)], 1)
+    return avg
+
+
+def _load_llff(p: Path, factor: int | None = None):
     f = p / "poses_bounds.npy"
     arr = _read_poses_bounds(f)
     if arr.ndim != 2 or arr.shape[1] != 17 or arr.shape[0] == 0:
@@ -293,18 +341,25 @@ def _load_llff(p: Path):
         raise MclnfError(f"{f}: contains NaN, infinite or non-numeric values")
     arr = arr.astype(np.float64)
     m, bounds = arr[:, :15].reshape(-1, 3, 5), arr[:, 15:]
-    # LLFF rotation columns [down, right, backwards] → OpenGL [right, up, backwards]
-    c2w = np.concatenate([m[:, :, 1:2], -m[:, :, 0:1], m[:, :, 2:4]], 2)
-    poses = _as_poses(f, c2w)
-    image_dir = p / "images"
-    if not image_dir.is_dir():
-        raise MclnfError(f"{p}: no images/ folder beside poses_bounds.npy")
+    full_h, full_w, full_f = m[0, :, 4]
+    if full_h <= 0 or full_w <= 0 or full_f <= 0:
+        raise MclnfError(f"{f}: image height {full_h:g}, width {full_w:g} and focal {full_f:g} of the first view must be positive")
+    image_dir, factor = _llff_image_folder(p, factor)
+    if bounds.min() <= 0 or (bounds[:, 0] >= bounds[:, 1]).any():
+        raise MclnfError(f"{f}: depth bounds must satisfy 0 < near < far for every view, found near {bounds[:, 0].min():g} to far {bounds[:, 1].max():g}")
     files = sorted(q for q in image_dir.iterdir() if q.suffix.lower() in SUFFIXES)
     if len(files) != len(arr):
         raise MclnfError(f"{image_dir}: {len(files)} image(s) but poses_bounds.npy has {len(arr)} views")
     images = _read_views(p, files)
-    hwf_h, hwf_f = m[0, 0, 4], m[0, 2, 4]
-    if hwf_h <= 0 or hwf_f <= 0:
-        raise MclnfError(f"{f}: image height {hwf_h:g} and focal {hwf_f:g} of the first view must be positive")
-    focal = hwf_f * images.shape[1] / hwf_h
-    return images, poses, focal, 0.9 * float(bounds.min()), float(bounds.max())
+    h, w = images.shape[1:3]
+    if abs(h - full_h / factor) >= 1 or abs(w - full_w / factor) >= 1:
+        raise MclnfError(f"{image_dir}: images are {h}×{w} pixels but poses_bounds.npy's {full_h:g}×{full_w:g} "
+                         f"divided by {factor} is {full_h / factor:g}×{full_w / factor:g}; the folder does not hold the images of that factor")  # fmt: skip
+    # LLFF rotation columns [down, right, backwards] → OpenGL [right, up, backwards]
+    c2w = np.concatenate([m[:, :, 1:2], -m[:, :, 0:1], m[:, :, 2:4]], 2)
+    scale = 1.0 / (bounds.min() * LLFF_BD_FACTOR)
+    c2w[:, :, 3] *= scale
+    bounds = bounds * scale
+    c2w = np.concatenate([c2w, np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), (len(c2w), 1, 4))], 1)
+    c2w = np.linalg.inv(average_pose(c2w)) @ c2w
+    return images, _as_poses(f, c2w), full_f / factor, 0.9 * float(bounds.min()), float(bounds.max())
