@@ -59,11 +59,11 @@ NUMBERS = st.one_of(st.integers(-3, 3), st.sampled_from([0, 10**12, 2**63, -(2**
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(option=st.sampled_from(["--steps", "--batch-size", "--lr", "--seed", "--width", "--depth", "--resize", "--omega0", "--first-omega0", "--pad"]),
+@given(option=st.sampled_from(["--batch-size", "--lr", "--seed", "--width", "--depth", "--resize", "--omega0", "--first-omega0", "--pad"]),
        value=NUMBERS)  # fmt: skip
 def test_any_number_for_any_option_exits_0_or_2_in_one_line(tmp_path, capsys, option, value):
     out = Path(tempfile.mkdtemp(dir=tmp_path)) / "out"  # a fresh folder for every example (hypothesis replays some)
-    base = {"--steps": 2, "--resize": 8, "--width": 8, "--depth": 2}  # cheap when the value is valid
+    base = {"--steps": 2, "--resize": 8, "--width": 8, "--depth": 2}  # cheap when the value is valid (--steps is not fuzzed: a huge valid count is a long run)
     args = [a for k, v in base.items() if k != option for a in (k, v)]
     code = cli("fit", "camera", *args, option, value, "--quiet", "--out", out)
     err = capsys.readouterr().err

@@ -55,8 +55,9 @@ class FieldConfig:
     @property
     def num_params(self) -> int:
         """Σ (fan_in + 1) · fan_out over the linear layers (positional encoding widens the first input)."""
-        dims = [self.in_dim * (1 + 2 * self.pe_frequencies) if self.activation == "relu-pe" else self.in_dim, *[self.width] * (self.depth - 1), self.out_dim]
-        return sum((a + 1) * b for a, b in zip(dims, dims[1:]))
+        first = self.in_dim * (1 + 2 * self.pe_frequencies) if self.activation == "relu-pe" else self.in_dim
+        w = self.width
+        return (first + 1) * w + (self.depth - 2) * (w + 1) * w + (w + 1) * self.out_dim  # in closed form: any depth, no list
 
     def to_dict(self) -> dict:
         return asdict(self)
