@@ -353,9 +353,7 @@ def resolve_meta(cfg: MetaTrainConfig, kind: str) -> MetaTrainConfig:
 def loader_options(cfg, kind: str | None = None) -> dict:
     """The loader options ``cfg`` sets (those of ``kind`` only, when given), as keyword arguments of :func:`mclnf.signals.load_signal`."""
     names = SIGNAL_OPTIONS[kind] if kind else [f.name for f in dataclasses.fields(LoaderOptions) + dataclasses.fields(SceneOptions)]
-    values = {k: getattr(cfg, k, None) for k in names if k != "resolution"}
-    # not `in (None, False)`: 0 == False (--samples 0 is an error to report); --no-ndc's False is a choice, not "unset"
-    return {k: v for k, v in values.items() if v is not None and (v is not False or k == "ndc")}
+    return {k: getattr(cfg, k) for k in names if k != "resolution" and getattr(cfg, k, None) is not None}  # None: unset
 
 
 def load_configured_signal(cfg) -> Signal:

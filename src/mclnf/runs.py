@@ -63,14 +63,19 @@ def remove_run(out: Path) -> None:
         if path.resolve().is_relative_to(root) and not path.is_dir():
             path.unlink(missing_ok=True)
     dirs = [out / d for d in record.get("dirs", []) if (out / d).resolve().is_relative_to(root)]
-    for folder in [out, *dirs]:
-        for p in folder.glob(".*") if folder.is_dir() else ():
-            if is_temporary(p.name):
-                p.unlink(missing_ok=True)
+    remove_temporaries([out, *dirs])
     (out / RUN_RECORD).unlink()
     for folder in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+
+
+def remove_temporaries(folders: list[Path]) -> None:
+    """Delete the temporary files killed writes left in ``folders`` (:func:`mclnf.io.is_temporary`)."""
+    for folder in folders:
+        for p in folder.glob(".*") if folder.is_dir() else ():
+            if is_temporary(p.name):
+                p.unlink(missing_ok=True)
 
 
 def read_record(out: Path) -> dict:
@@ -109,10 +114,7 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MclnfError(f"--out {out}: cannot create the folder ({e.strerror or type(e).__name__})") from None
-        for folder in [self.out, *(self.out / d for d in self.dirs)]:
-            for p in folder.glob(".*") if folder.is_dir() else ():
-                if is_temporary(p.name):
-                    p.unlink()
+        remove_temporaries([self.out, *(self.out / d for d in self.dirs)])
         self.record = {"command": command, "mclnf": __version__, "config": config}
         self.save()
 
