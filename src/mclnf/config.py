@@ -15,16 +15,15 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from mclnf.errors import MclnfError
-from mclnf.fields import ACTIVATIONS, FieldConfig
+from mclnf.fields import ACTIVATIONS, ENCODINGS, HASH_OPTIONS, FieldConfig
 from mclnf.learners import CONTINUAL_LEARNERS, ONLINE_LEARNERS
 from mclnf.learners.base import LearnerOptions, OnlineOptions, StrategyOptions
 from mclnf.learners.meta import MetaOptions
 from mclnf.optim import OPTIMIZERS, default_lr
 from mclnf.optim.auto import choose_optimizer
 from mclnf.options import OptionGroup, check_positive, check_positive_int, check_seed, flag_name, option
+from mclnf.runtime import check_device
 from mclnf.signals import Layout, Signal, load_signal, signal_kind
 from mclnf.signals.classification import BENCHMARKS
 
@@ -36,6 +35,8 @@ KIND_DEFAULTS = {  # per-kind defaults of options left unset
     "radiance": {"activation": "relu-pe", "sigma": 0.1, "width": 128, "depth": 4, "batch_size": 1024},
 }
 KIND_LR = {("radiance", "adam"): 1e-3}  # NeRF's 5e-4 order; 1e-4 (the image fields') was 4.5 dB behind on lego after 400 steps
+ENCODING_DEFAULTS = {"hashgrid": {"activation": "relu", "width": 64, "depth": 3}}  # instant-ngp's MLP head: 2 hidden ReLU layers × 64 (before the kind's defaults)
+ENCODING_LR = {("hashgrid", "adam"): 1e-2}  # instant-ngp's Adam 1e-2: tables start at ±1e-4, 1e-4 would barely move them
 ACTIVATION_OPTIONS = {  # the field options that apply to each activation
     "sine": ("omega0", "first_omega0"), "gaussian": ("sigma",), "wavelet": ("omega0", "s0"), "relu": (), "relu-pe": ("pe_frequencies",),
 }  # fmt: skip
@@ -46,7 +47,7 @@ SIGNAL_OPTIONS = {  # the loader options that apply to each kind
     "occupancy": ("points", "eval_points", "resolution"),
     "radiance": ("resize", "holdout", "samples", "importance", "scene_bound", "direction", "factor", "ndc"),
 }
-FIELD_OPTIONS = ("width", "depth", "activation", "omega0", "first_omega0", "sigma", "s0", "pe_frequencies")
+FIELD_OPTIONS = ("width", "depth", "activation", "omega0", "first_omega0", "sigma", "s0", "pe_frequencies", "encoding", *HASH_OPTIONS)
 META_TASK_BATCH = {"radiance": 256}  # rays of each task per outer step: a scene block's tasks hold thousands
 
 
@@ -63,9 +64,20 @@ class FieldOptions(OptionGroup):
     sigma: float | None = option(None, "gaussian: width σ (default: 0.05; radiance 0.1)")
     s0: float | None = option(None, "wavelet: window scale s₀ (default: 10)")
     pe_frequencies: int | None = option(None, "relu-pe: number of frequencies L (default: 8)")
+    encoding: str = option("none", "input encoding before the MLP: none, or hashgrid (multiresolution hash grid, Müller et al. 2022; its MLP head "
+                           "defaults to instant-ngp's: relu, --width 64, --depth 3, adam 1e-2)", choices=ENCODINGS)  # fmt: skip
+    hash_levels: int | None = option(None, "hashgrid: levels L (default: 16)")
+    hash_table_size: int | None = option(None, "hashgrid: log2 of the table size T per level (default: images 15 — 470k parameters for 2 cores, where instant-ngp's "
+                                         "gigapixel images take 24; 3-D (video, meshes, scenes) 19 as instant-ngp's NeRF; audio 17)")  # fmt: skip
+    hash_features: int | None = option(None, "hashgrid: features F per table entry (default: 2)")
+    hash_base_resolution: int | None = option(None, "hashgrid: coarsest resolution N_min (default: 16)")
+    hash_growth: float | None = option(None, "hashgrid: growth factor b between levels, N_l = floor(N_min b^l) (default: the b that reaches N_max at the last level: "
+                                       "images 512, twice the default 256 pixels; 3-D 2048, instant-ngp's NeRF; audio 2^19, a 12 s clip at 44.1 kHz)")  # fmt: skip
 
     def check(self):
-        check_positive_int(self, "width", "depth", "pe_frequencies")
+        check_positive_int(self, "width", "depth", "pe_frequencies", "hash_levels", "hash_table_size", "hash_features", "hash_base_resolution")
+        if self.hash_growth is not None and not self.hash_growth >= 1:
+            raise MclnfError(f"--hash-growth {self.hash_growth}: must be ≥ 1")
 
     def field_config(self, layout: Layout) -> FieldConfig:
         """The field these options describe for signals of ``layout``."""
@@ -90,12 +102,13 @@ class LoaderOptions(OptionGroup):
 class SceneOptions(OptionGroup):
     """scene (posed images: a radiance field)"""
 
-    holdout: int | None = option(None, "scene (.npz, LLFF): every N-th view is held out for evaluation (default: 8)")
+    holdout: int | None = option(None, "scene (.npz, LLFF, transforms.json without a split): every N-th view is held out for evaluation (default: 8)")
     samples: int | None = option(None, "scene: stratified samples per ray (default: 64)")
     importance: int | None = option(None, "scene: extra samples per ray drawn from the first pass's weights (hierarchical sampling; default: 0)")
     scene_bound: float | None = option(None, "scene: half-size of the scene box around its centre, world units (default: the ball every camera sees whole)")
     direction: str | None = option(None, "scene: view direction as 2 angles (field input 5, default) or a unit vector (input 6)", choices=("angles", "vector"))
-    factor: int | None = option(None, "LLFF: read images_N/, the images downscaled N times (default: images/ if present, else the images_N/ of the smallest N)")
+    factor: int | None = option(None, "LLFF, nerfstudio: read images_N/, the images downscaled N times (default: LLFF images/ if present, else the images_N/ of "
+                                "the smallest N; nerfstudio its automatic choice, the longer side under 1600 pixels)")  # fmt: skip
     ndc: bool | None = option(None, "LLFF: render in normalized device coordinates, NeRF's for forward-facing scenes (default: on for LLFF; refused for other scenes)",
                               action=argparse.BooleanOptionalAction)  # fmt: skip
 
@@ -138,6 +151,27 @@ class RunOptions(OptionGroup):
     resume: bool = option(False, "continue the run in --out from its checkpoint")
     overwrite: bool = option(False, "replace a previous run in --out (only a folder that holds an mclnf run)")
     progress: bool = option(True, "no progress bar", flag="quiet")
+
+
+@dataclass(kw_only=True)
+class TrackingOptions(OptionGroup):
+    """logging (log.jsonl in --out, always: the training loss, learning rate, gradient and update norms, and every evaluation)"""
+
+    log_every: int | None = option(None, "steps between logged training steps (default: every step up to 999, every 10th up to 9,999, every 100th up to 99,999, …)")
+    tensorboard: bool = option(False, "also log to --out/tensorboard: the same scalars, and the reconstructions (images, audio) at every evaluation")
+
+    def check(self):
+        check_positive_int(self, "log_every")
+
+
+@dataclass(kw_only=True)
+class EvaluationOptions(OptionGroup):
+    """evaluation"""
+
+    eval_every: int | None = option(None, "evaluate (and checkpoint) every N steps and at the last (default: steps 1, 2, 4, 8, … and the last)")
+
+    def check(self):
+        check_positive_int(self, "eval_every")
 
 
 @dataclass(kw_only=True)
@@ -200,12 +234,7 @@ class DeviceOptions(OptionGroup):
     device: str = option("cpu", "cpu or cuda[:N]")
 
     def check(self):
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise MclnfError(f"--device {self.device}: not a device name (cpu, cuda, cuda:N)") from None
-        if device.type != "cpu" and not (device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()):
-            raise MclnfError(f"--device {self.device}: not available on this machine (use cpu)")
+        check_device(self.device)
 
 
 # ---- the commands' configs -----------------------------------------------------------------------
@@ -214,32 +243,33 @@ class SignalArgument(OptionGroup):
     """signal"""
 
     signal: str = option(dataclasses.MISSING, "a PNG/JPEG/TIFF image, a scikit-image image name (camera, astronaut, ...), a WAV/FLAC/OGG clip, an MP4/GIF video, "
-                         "an OBJ/PLY/STL/OFF mesh (occupancy) or a scene of posed images (.npz, NeRF-synthetic or LLFF folder: a radiance field)", positional=True)  # fmt: skip
+                         "an OBJ/PLY/STL/OFF mesh (occupancy) or a scene of posed images (.npz, NeRF-synthetic, nerfstudio/instant-ngp or LLFF folder: a radiance field)", positional=True)  # fmt: skip
 
 
 @dataclass(kw_only=True)
-class FitConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, DeviceOptions, RunOptions):
+class FitConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, DeviceOptions, RunOptions, EvaluationOptions, TrackingOptions):
     """fit"""
-    optimizer: str = option("adam", "optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's); auto picks by the study's evidence and says why",
-                            choices=(*OPTIMIZERS, "auto"))  # fmt: skip
+    optimizer: str = option("adam", "optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's); auto: adam at its default rate unless measurements on held-out "
+                            "images show another wins (relu-pe images: adam 1e-3), says why, and restarts with adam if that choice blows up early", choices=(*OPTIMIZERS, "auto"))  # fmt: skip
     compile: bool = option(False, "torch.compile the training step's field (about 30 s to compile; ≈15 %% faster steps at batch 4096 on CPU)")
-    tensorboard: bool = option(False, "also log to --out/tensorboard")
 
 
 @dataclass(kw_only=True)
-class ContinualConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, RunOptions, StreamOptions, StrategyOptions):
+class ContinualConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, DeviceOptions, RunOptions, StreamOptions, StrategyOptions,
+                      EvaluationOptions, TrackingOptions):  # fmt: skip
     """continual"""
 
     steps: int = option(500, "training steps (mini-batches) per task")
+    eval_every: int | None = option(None, "also evaluate the whole signal every N steps of a task, for the log (default: after each task only)")
 
 
 @dataclass(kw_only=True)
-class MetaTrainConfig(DatasetOptions, FieldOptions, LoaderOptions, SceneOptions, MetaOptions, OuterOptions, DeviceOptions, RunOptions):
+class MetaTrainConfig(DatasetOptions, FieldOptions, LoaderOptions, SceneOptions, MetaOptions, OuterOptions, DeviceOptions, RunOptions, TrackingOptions):
     """meta-train"""
 
 
 @dataclass(kw_only=True)
-class MetaTestConfig(RunOptions):
+class MetaTestConfig(DeviceOptions, RunOptions, TrackingOptions):
     """meta-test"""
 
     paths: list[str] = option(dataclasses.MISSING, "meta-train run folders, then the dataset they were meta-trained on", positional=True, metavar="RUN [RUN ...] DATASET", nargs="+")
@@ -257,8 +287,6 @@ class MetaTestConfig(RunOptions):
     seed: int = option(0, "seed of the baselines' initializations and batch orders")
 
     def check(self):
-        if self.resume:
-            raise MclnfError("--resume: meta-test runs cannot be resumed yet")
         if len(self.paths) < 2:
             raise MclnfError("meta-test: give one or more RUN folders and then the DATASET")
         bad = [b for b in self.baselines if b not in CONTINUAL_LEARNERS]
@@ -284,7 +312,7 @@ class MetaTestConfig(RunOptions):
 
 
 @dataclass(kw_only=True)
-class BenchConfig(RunOptions):
+class BenchConfig(DeviceOptions, RunOptions, TrackingOptions):
     """cl-bench"""
 
     bench: str = option(dataclasses.MISSING, "the benchmark", positional=True, choices=tuple(BENCHMARKS))
@@ -318,8 +346,12 @@ class BenchOverrides(StrategyOptions, OnlineOptions):
 def resolve_field(cfg, kind: str):
     """``cfg`` with unset field options (and batch size, if it has one) at the kind's defaults, after
     checking that every field option given applies to the activation."""
-    d = {**DEFAULTS, **KIND_DEFAULTS.get(kind, {})}
+    d = {**DEFAULTS, **KIND_DEFAULTS.get(kind, {}), **ENCODING_DEFAULTS.get(cfg.encoding, {})}
     cfg = dataclasses.replace(cfg, **{k: d[k] for k in ("activation", "width", "depth", "batch_size") if hasattr(cfg, k) and getattr(cfg, k) is None})
+    if cfg.encoding != "hashgrid":
+        for name in HASH_OPTIONS:
+            if getattr(cfg, name) is not None:
+                raise MclnfError(f"{flag_name(name)}: applies to --encoding hashgrid only")
     own = set(ACTIVATION_OPTIONS[cfg.activation])
     for name in sorted({o for opts in ACTIVATION_OPTIONS.values() for o in opts} - own):
         if getattr(cfg, name) is not None:
@@ -336,9 +368,12 @@ def resolve(cfg, kind: str):
     cfg = dataclasses.replace(cfg, **{k: v for k, v in KIND_DEFAULTS.get(kind, {}).items() if k in SIGNAL_OPTIONS[kind] and getattr(cfg, k) is None})
     if cfg.optimizer == "auto":
         name, lr, _ = choose_optimizer(kind, cfg.activation)
+        lr = ENCODING_LR.get((cfg.encoding, name), lr)  # a hash grid's tables want instant-ngp's rate whatever the head
         cfg = dataclasses.replace(cfg, optimizer=name, lr=lr if cfg.lr is None else cfg.lr)
+    if cfg.encoding == "hashgrid" and cfg.optimizer == "shampoo":  # its preconditioner of the (F, Σ T_l) table is (Σ T_l)²: terabytes
+        raise MclnfError("--optimizer shampoo: does not fit --encoding hashgrid (a Kronecker factor per table dimension: (entries)² numbers)")
     if cfg.lr is None:  # explicit, so that --resume --lr <the default> is the same run
-        cfg = dataclasses.replace(cfg, lr=KIND_LR.get((kind, cfg.optimizer), default_lr(cfg.optimizer)))
+        cfg = dataclasses.replace(cfg, lr=ENCODING_LR.get((cfg.encoding, cfg.optimizer), KIND_LR.get((kind, cfg.optimizer), default_lr(cfg.optimizer))))
     return cfg
 
 

@@ -63,11 +63,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict:
-    """A checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``, holding ``keys``."""
+    """A checkpoint written by :func:`save_checkpoint`, loaded onto the CPU with ``weights_only=True``, holding ``keys``."""
     if not Path(path).is_file():
         raise MclnfError(f"{path}: no checkpoint to resume from")
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # the command moves it to its --device
     except Exception as e:
         raise MclnfError(f"{path}: corrupt checkpoint ({type(e).__name__})") from None
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]

@@ -2,7 +2,8 @@
 the field file, the meta-learned initialization file and the reconstruction.
 
 A run folder holds ``run.json`` (the command, the mclnf version and the resolved config), written when
-the run starts. Only a folder holding one is a run: ``--overwrite`` replaces nothing else, and
+the run starts, and ``config.yaml``, the resolved options as a ``--config`` file: ``mclnf <command> --config
+RUN/config.yaml --out NEW`` repeats the run. Only a folder holding one is a run: ``--overwrite`` replaces nothing else, and
 ``--resume`` continues only the run its ``run.json`` describes (options named in ``resumable`` may change).
 ``field.safetensors`` holds a field's weights with its config and its signal's layout as metadata, so that
 :func:`load_field` alone re-creates the reconstruction (``mclnf render``).
@@ -15,12 +16,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mclnf import __version__
-from mclnf.config import MetaTrainConfig
+from mclnf.config import BenchConfig, ContinualConfig, FitConfig, MetaTestConfig, MetaTrainConfig, RunOptions
 from mclnf.errors import MclnfError
 from mclnf.fields import Field, FieldConfig
 from mclnf.io import RECORDERS, atomic_path, is_temporary, write_text
@@ -29,8 +31,12 @@ from mclnf.options import flag_name, to_dict
 from mclnf.signals import Layout
 from mclnf.signals.base import Predict
 from mclnf.signals.datasets import MetaDataset
+from mclnf.tracking import LOG, TENSORBOARD, JsonLines, Sink, TensorBoard, Tracker
 
 RUN_RECORD = "run.json"
+REPLAY = "config.yaml"
+NOT_REPLAYED = tuple(f.name for f in dataclasses.fields(RunOptions))  # where and how a run is written, not what it computes
+CONFIGS = {"fit": FitConfig, "continual": ContinualConfig, "meta-train": MetaTrainConfig, "meta-test": MetaTestConfig, "cl-bench": BenchConfig}
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> Path:
@@ -96,8 +102,9 @@ class Run:
     On ``resume`` the config must be the one the run was started with (but the ``resumable`` options);
     the first option that differs is named. Temporary files of killed writes are removed on entry."""
 
-    def __init__(self, out: Path, command: str, config: dict, resume: bool, resumable: tuple[str, ...] = ()):
+    def __init__(self, out: Path, command: str, config: dict, resume: bool, resumable: tuple[str, ...] = (), replay: dict | None = None):
         self.out, self.root = Path(out), Path(out).resolve()
+        replay = config if replay is None else replay  # the options config.yaml holds (default: config)
         config = json.loads(json.dumps(config))  # as run.json holds it (tuples as lists)
         self.files: set[str] = set()
         self.dirs: set[str] = set()
@@ -117,6 +124,8 @@ class Run:
         remove_temporaries([self.out, *(self.out / d for d in self.dirs)])
         self.record = {"command": command, "mclnf": __version__, "config": config}
         self.save()
+        write_text(self.out / REPLAY, replay_text(command, replay))
+        self.written(self.out / REPLAY)
 
     def save(self) -> None:
         write_text(self.out / RUN_RECORD, json.dumps({**self.record, "files": sorted(self.files), "dirs": sorted(self.dirs)}, indent=1))
@@ -146,6 +155,29 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         RECORDERS.remove(self.written)
+
+
+def replay_text(command: str, config: dict) -> str:
+    """``config.yaml``: the command's CLI options in ``config`` as a ``--config`` file, floats written exactly. Left
+    out: the run options (:data:`NOT_REPLAYED`) and fields that are no CLI option (always at their default on
+    the CLI); a dict-valued field is options given one by one (cl-bench's overrides)."""
+    cls = CONFIGS.get(command)
+    cli = {f.name for f in dataclasses.fields(cls) if f.metadata.get("cli")} if cls else set(config)
+    options = {}
+    for k, v in json.loads(json.dumps(config)).items():  # tuples as lists, paths as text
+        if isinstance(v, dict):
+            options.update(v)
+        elif k in cli and k not in NOT_REPLAYED:
+            options[k] = v
+    head = f"# mclnf {command}: the resolved options of this run; `mclnf {command} --config config.yaml --out NEW` repeats it\n"
+    return head + yaml.dump(options, Dumper=ReplayDumper, sort_keys=False, allow_unicode=True, width=1000)
+
+
+class ReplayDumper(yaml.SafeDumper):
+    """One option a line, a list on its line (``crop: [178, 178]``)."""
+
+
+ReplayDumper.add_representer(list, lambda dumper, v: dumper.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
 
 
 def save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
@@ -235,3 +267,16 @@ def load_init(path: Path) -> MetaRun:
     if method.field_config != field_cfg or set(theta) != set(dict(method.template.named_parameters())):
         raise MclnfError(f"{file}: its parameters do not match its own field description")
     return MetaRun(path, theta, method, cfg, test_files, base)
+
+
+def open_part_log(run: Run, cfg, name: str) -> Tracker:
+    """The tracker of one part of a run (cl-bench: a method and seed; meta-test: a method): ``logs/<name>.log.jsonl`` and, with
+    ``cfg.tensorboard``, ``tensorboard/<name>/``, both started afresh (an interrupted run left lines and events of the steps it takes again)."""
+    folder = run.mkdir(run.out / "logs")
+    sinks: list[Sink] = [JsonLines(folder / f"{name}.{LOG}", resume_step=0)]  # resumed from step 0: keeps no line
+    if cfg.tensorboard:
+        board = run.mkdir(run.mkdir(run.out / TENSORBOARD) / name)  # both the run's: --overwrite removes them
+        for stale in board.glob("events.out.tfevents.*"):
+            stale.unlink()
+        sinks.append(TensorBoard(board))
+    return Tracker(sinks, cfg.log_every)

@@ -1,4 +1,5 @@
-"""Process-wide settings that make training steps faster; the CLI applies them, the library never does."""
+"""Process-wide settings that make training steps faster (the CLI applies them, the library never does), and the
+device every command runs on: the one ``--device`` check and the helpers that move work there and results back."""
 
 from __future__ import annotations
 
@@ -28,3 +29,47 @@ def flush_denormals() -> bool:
     import torch
 
     return torch.set_flush_denormal(True)
+
+
+def check_device(name: str):
+    """The ``torch.device`` that ``--device NAME`` names, if this machine has it; else one :class:`~mclnf.errors.MclnfError`
+    line naming the option (every command's ``--device`` is checked here, before anything is loaded or written)."""
+    import torch
+
+    from mclnf.errors import MclnfError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise MclnfError(f"--device {name}: not a device name (cpu, cuda or cuda:N)") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise MclnfError(f"--device {name}: not supported; mclnf runs on cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        why = f"this torch ({torch.__version__}) is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise MclnfError(f"--device {name}: CUDA is not available ({why}); use --device cpu")
+    count = torch.cuda.device_count()
+    if (device.index or 0) >= count:
+        raise MclnfError(f"--device {name}: not available; this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def on_device(predict, device):
+    """``predict`` (a function of one tensor, on ``device``) as a function of CPU tensors with CPU results."""
+    return lambda x: predict(x.to(device)).cpu()
+
+
+def tensors_to(obj, device):
+    """A dataclass ``obj`` (a signal, a task) with every tensor field on ``device`` (the same object when all are there;
+    fields holding one tensor keep holding one)."""
+    import dataclasses
+
+    import torch
+
+    moved, changes = {}, {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.init and isinstance(value, torch.Tensor) and value.device != torch.device(device):
+            changes[f.name] = moved.setdefault(id(value), value.to(device))
+    return dataclasses.replace(obj, **changes) if changes else obj

@@ -15,12 +15,22 @@ from tqdm.auto import tqdm
 from mclnf.errors import DivergedError
 from mclnf.optim import needs_create_graph
 from mclnf.sampling import Batch
+from mclnf.tracking import Tracker, norm
 
 
 def log_spaced_steps(steps: int) -> list[int]:
     """1, 2, 4, … up to ``steps``, and ``steps`` itself."""
     out = [2**k for k in range(int(math.log2(steps)) + 1)] if steps >= 1 else []
     return out + [steps] if steps not in out and steps >= 1 else out
+
+
+def evaluation_steps(steps: int, every: int | None = None) -> list[int]:
+    """The steps of a run of ``steps`` at which it is evaluated: log-spaced (:func:`log_spaced_steps`), or
+    every ``every``-th and the last."""
+    if every is None:
+        return log_spaced_steps(steps)
+    out = list(range(every, steps + 1, every))
+    return out if out and out[-1] == steps else [*out, steps]
 
 
 def params_finite(optimizer: torch.optim.Optimizer) -> bool:
@@ -36,31 +46,40 @@ def train(
     start_step: int = 0,
     elapsed: float = 0.0,
     eval_steps: Iterable[int] = (),
-    on_eval: Callable[[int, float, float], None] | None = None,
+    on_eval: Callable[[int, float, float], dict | None] | None = None,
     last_good_step: int | None = None,
     progress: bool = True,
     desc: str = "fit",
     update: Callable[[], None] | None = None,
+    tracker: Tracker | None = None,
+    watch: Callable[[int, float], None] | None = None,
 ) -> float:
     """Run optimization steps ``start_step + 1 … steps``; returns the training time in seconds.
 
     Each step: ``loss = loss_fn(*batches(step))``, gradients into ``p.grad`` (differentiable when
     the optimizer asks for it, see :func:`mclnf.optim.needs_create_graph`), ``update()`` (default
-``optimizer.step()``; a learner's strategy update wraps it). At the steps in
-    ``eval_steps``, ``on_eval(step, loss, training_seconds)`` is called outside the timed region.
-    A non-finite loss or parameter raises :class:`DivergedError` before anything is updated or
-    saved from it, naming ``last_good_step`` (the last step ``on_eval`` saw).
+    ``optimizer.step()``; a learner's strategy update wraps it). At the steps the ``tracker`` logs, it
+    gets the loss, the learning rate and the norms of the gradient and of the update (their cost is
+    not counted as training time). At the steps in ``eval_steps``, ``on_eval(step, loss, training_seconds)``
+    is called outside the timed region; the metrics it may return join the loss on the progress bar,
+    which shows the loss of every step. A non-finite loss or parameter raises :class:`DivergedError`
+    before anything is updated or saved from it, naming ``last_good_step`` (the last step ``on_eval`` saw).
+    ``watch(step, loss)`` sees every step's loss first and may stop the run by raising (``--optimizer auto``'s
+    :class:`~mclnf.optim.auto.Guard`).
     """
     eval_steps = set(eval_steps)
     update = update or optimizer.step
     params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     bar = tqdm(total=steps, initial=start_step, desc=desc, disable=not progress, mininterval=1.0, dynamic_ncols=True)
+    shown: dict[str, str] = {}
     try:
         for step in range(start_step + 1, steps + 1):
             t0 = perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(*batches(step))
             value = loss.item()
+            if watch is not None:
+                watch(step, value)
             if not math.isfinite(value):
                 raise DivergedError(step, value, last_good_step)
             if needs_create_graph(optimizer):  # autograd.grad, not backward: no parameter↔grad cycle
@@ -68,15 +87,28 @@ def train(
                     p.grad = g
             else:
                 loss.backward()
+            logged = tracker is not None and tracker.logs(step)
+            if logged:
+                t1 = perf_counter()
+                grad_norm, before = norm(p.grad for p in params), [p.detach().clone() for p in params]
+                t0 += perf_counter() - t1
             update()
+            if logged:
+                t1 = perf_counter()
+                lr = optimizer.param_groups[0].get("lr")
+                stats = {"lr": None if lr is None else float(lr), "grad_norm": grad_norm, "update_norm": norm(p.detach() - b for p, b in zip(params, before))}
+                t0 += perf_counter() - t1
             elapsed += perf_counter() - t0
+            if logged:
+                tracker.train_step(step, value, elapsed, **stats)
             bar.update()
+            if progress:
+                bar.set_postfix(loss=f"{value:.3g}", **shown, refresh=False)
             if step in eval_steps:
                 if not params_finite(optimizer):
                     raise DivergedError(step, float("nan"), last_good_step, what="parameters")
-                bar.set_postfix(loss=f"{value:.3g}", refresh=False)
                 if on_eval is not None:
-                    on_eval(step, value, elapsed)
+                    shown = {k: f"{v:.4g}" for k, v in (on_eval(step, value, elapsed) or {}).items() if isinstance(v, float)}
                 last_good_step = step
     finally:
         optimizer.zero_grad(set_to_none=True)  # drops a create_graph gradient's graph
@@ -84,14 +116,24 @@ def train(
     return elapsed
 
 
-def learn_task(learner, task, steps: int, progress: bool = True) -> dict[str, float]:
+def learn_task(learner, task, steps: int, progress: bool = True, *, tracker: Tracker | None = None, eval_every: int | None = None,
+               on_eval: Callable[[int, float, float], dict | None] | None = None) -> dict[str, float]:  # fmt: skip
     """Learn ``task`` with ``learner`` (a :class:`mclnf.learners.Learner`) for ``steps`` training steps:
     ``before_task`` → :func:`train` over its ``batches`` with its ``loss`` and ``update`` → ``after_task``.
-    Returns the seconds spent training and after it."""
+    ``tracker`` logs its training steps (numbered ``1 … steps × learner.updates_per_step``: MER counts its pieces);
+    with ``eval_every``, ``on_eval(step, loss, seconds)`` is called every ``eval_every`` steps before the
+    task's last (which its caller evaluates after ``after_task``). Returns the seconds spent training and after it."""
     learner.before_task(task)
     desc = f"{learner.name} task {task.index + 1}/{len(learner.tasks)}"
     total = steps * learner.updates_per_step
-    seconds = train(learner.optimizer, learner.loss, learner.batches(task), total, eval_steps=(total,), progress=progress, desc=desc, update=learner.update)  # checks the parameters at the end
+    within = [s * learner.updates_per_step for s in evaluation_steps(steps, eval_every)[:-1]] if eval_every and on_eval else []
+
+    def evaluate(step: int, loss: float, seconds: float) -> dict | None:
+        return on_eval(step, loss, seconds) if step < total else None  # the last: after after_task, by the caller
+
+    # the task's last step is an evaluation step, for the loop's check of the parameters at the end
+    seconds = train(learner.optimizer, learner.loss, learner.batches(task), total, eval_steps=(*within, total), on_eval=evaluate if on_eval else None,
+                    progress=progress, desc=desc, update=learner.update, tracker=tracker)  # fmt: skip
     t0 = perf_counter()
     learner.after_task(task)
     return {"train_s": seconds, "after_task_s": perf_counter() - t0}

@@ -59,10 +59,10 @@ def test_backward_transfer_definition():
 def test_resume_after_an_interrupted_task_is_bit_exact(tmp_path, monkeypatch):
     whole = continual(stream_config(tmp_path, "ewc", steps=40, out=tmp_path / "whole"))[0]
 
-    def interrupted(learner, task, steps, progress=True):
+    def interrupted(learner, task, steps, progress=True, **kw):
         if task.index == 2:
             raise KeyboardInterrupt
-        return learn_task(learner, task, steps, progress=progress)
+        return learn_task(learner, task, steps, progress=progress, **kw)
 
     monkeypatch.setattr(mclnf.commands.continual, "learn_task", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -76,15 +76,40 @@ def test_importance_average_and_meta_rates():
     h = imp.h[0]
     torch.testing.assert_close(h, torch.tensor([1.2, 2.8]))  # 0.9·old + 0.1·new
     torch.testing.assert_close(imp.normalized()[0], h / 2.0)
-    # the meta step θ₀ ← θ₀ − (α₀ r / ĥ) ⊙ g (eq. 8): EMCL's update with ĥ as its loss left it
-    p = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+
+
+def emcl_learner(**options) -> EMCL:
     task = ClassTask(0, torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
-    learner = EMCL([task], LearnerOptions(emcl_lr=0.3, emcl_r=2.0), lambda: torch.nn.ParameterList([p]), "ce", head_loss(None))
+    learner = EMCL([task], LearnerOptions(**options), lambda: torch.nn.ParameterList([torch.nn.Parameter(torch.tensor([1.0, 1.0]))]), "ce", head_loss(None))
     learner.before_task(task)
-    p.grad = torch.tensor([1.0, 1.0])
-    learner.h_hat = [torch.tensor([0.5, 4.0])]
+    return learner
+
+
+def test_meta_step_with_inverse_rates():
+    """θ₀ ← θ₀ − α ⊙ g with α = α₀ r / ĥ (eq. 8 without compounding): with g = λĥ(θ₀ − θ_k) (eq. 10) ĥ
+    cancels, and θ₀ moves α₀ r λ of the way to θ_k whatever the importance — past it when α₀ r λ > 1."""
+    learner = emcl_learner(emcl_lr=0.3, emcl_r=2.0)
+    h = [torch.tensor([0.5, 4.0])]
+    learner.rates = learner.meta_rates(h)
+    torch.testing.assert_close(learner.rates[0], torch.tensor([0.3 * 2 / 0.5, 0.3 * 2 / 4.0]))
+    (p,) = learner.model.parameters()
+    theta_k, lam = torch.tensor([0.0, 2.0]), 10.0
+    p.grad = lam * h[0] * (p.detach() - theta_k)
     learner.update()
-    torch.testing.assert_close(p.detach(), torch.tensor([1 - 0.3 * 2 / 0.5, 1 - 0.3 * 2 / 4.0]))
+    torch.testing.assert_close(p.detach(), torch.tensor([1.0 + 6.0 * (0.0 - 1.0), 1.0 + 6.0 * (2.0 - 1.0)]))  # α₀ r λ = 6 times θ_k − θ₀
+
+
+def test_compounded_rates_over_many_updates():
+    """Eq. 8 as printed, α^j = (r / ĥ^j) α^{j−1}: a parameter whose ĥ stays below r gets a rate that grows
+    geometrically, one above r a rate that vanishes; only ĥ ≡ r keeps α₀. Alg. 1 steps with α^j (line 9)
+    after computing α^{j+1} (line 8). The inverse reading gives α₀ r / ĥ at every step."""
+    learner, inverse = emcl_learner(emcl_lr=0.3, emcl_r=1.0, emcl_meta_rate="compound"), emcl_learner(emcl_lr=0.3, emcl_r=1.0)
+    h = [torch.tensor([0.5, 1.0, 2.0])]
+    for j in range(40):
+        rates = learner.meta_rates(h)[0]
+        torch.testing.assert_close(rates, 0.3 * torch.tensor([2.0, 1.0, 0.5]) ** j)
+        torch.testing.assert_close(inverse.meta_rates(h)[0], 0.3 * torch.tensor([2.0, 1.0, 0.5]))
+    assert rates[0] > 1e10 and rates[2] < 1e-10  # after 40 meta steps: 3·10¹¹ and 3·10⁻¹³
 
 
 def test_emcl_learner_meta_gradient():
@@ -229,3 +254,22 @@ def test_gem_memory_gradients_vmapped_equal_one_task_at_a_time(three_tasks):
     loop = torch.stack([learner.memory_gradient(x, y) for x, y in learner.memory.tasks])
     assert loop.shape == (3, 89_610)
     torch.testing.assert_close(learner.references(), loop, rtol=1e-5, atol=1e-7)
+
+
+def test_emcl_default_readings_are_the_documented_ones():
+    """docs/cl-bench.md names, for each open passage, its option and in bold the default reading."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from mclnf.learners.base import OnlineOptions
+
+    doc = (Path(__file__).parents[2] / "docs" / "cl-bench.md").read_text()
+    bullets = {m.group(1): m.group(2) for m in re.finditer(r"\(`--(emcl-[a-z-]+)`[^)]*\)(.*?)(?=\n\* |\n\n)", doc, re.S)}
+    readings = ("emcl_eta", "emcl_r", "emcl_meta_rate", "emcl_scale", "emcl_gradient_step", "emcl_replay", "emcl_meta_grad")
+    defaults = {f.name: f.default for f in dataclasses.fields(OnlineOptions)}
+    for name in readings:
+        text = bullets[name.replace("_", "-")]
+        bold = re.search(r"\*\*(.+?)\*\*", text).group(1)
+        value = defaults[name]
+        assert (f"{value:g}" if isinstance(value, float) else f"`{value}`") in bold, (name, bold)

@@ -164,11 +164,6 @@ def test_errors(tmp_path):
     trimesh.PointCloud(np.random.default_rng(0).normal(size=(50, 3))).export(cloud)
     with pytest.raises(MclnfError, match=r"cloud\.ply: the file has no triangle faces"):
         load_occupancy(cloud)
-    open_mesh = tmp_path / "open.obj"
-    box = trimesh.creation.box()
-    trimesh.Trimesh(box.vertices, box.faces[:-2]).export(open_mesh)
-    with pytest.raises(MclnfError, match=r"open\.obj: the mesh is not watertight"):
-        load_occupancy(open_mesh)
     with pytest.raises(MclnfError, match="--points 0: must be at least 1"):
         load_occupancy(BUNNY, points=0)
     with pytest.raises(MclnfError, match="--eval-points -1: must be at least 1"):

@@ -5,7 +5,14 @@ every task's test set fills row i of the accuracy matrix R (percent; multi-head 
 within the task's classes). ACC = mean_j R[T−1][j] (EMCL eq. 22); BWT = 1/(T−1) Σ_{j<T−1}
 (R[T−1][j] − R[j][j]) (eq. 23 — divided by T − 1, as the paper). Time is training time only
 (evaluation excluded). Every finished (method, seed) is written to ``runs/``, so ``--resume`` skips
-it. A diverging run is recorded as such (the table says where) and the others go on.
+it. A diverging run is recorded as such (the table says where) and the others go on. ``--device``
+places the model and the task stream there.
+
+Each (method, seed) logs to ``logs/<method>-seed<s>.log.jsonl`` (and, with ``--tensorboard``, to
+``tensorboard/<method>-seed<s>/``; :mod:`mclnf.tracking`): the training loss of its logged steps, counted
+over the stream from the first task's first, and after each task the accuracies of the matrix row
+(``acc``, their mean, and ``task<j>_acc``). A (method, seed) that runs again (``--resume`` after an
+interruption) starts its log afresh.
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ from mclnf.io import write_text
 from mclnf.learners import ONLINE_LEARNERS, Learner, LearnerOptions
 from mclnf.losses import head_loss
 from mclnf.options import to_dict
-from mclnf.runs import Run, prepare_out
+from mclnf.runs import Run, open_part_log, prepare_out
+from mclnf.runtime import tensors_to
 from mclnf.signals.classification import Benchmark, ClassTask, load_benchmark
+from mclnf.tracking import Tracker
 from mclnf.train import learn_task
 
 # Per benchmark: (memory size, glances), EMCL's Table II (α₀, β, λ, γ), La-MAML's released settings
@@ -46,7 +55,8 @@ COMMON = dict(optimizer="sgd", lr=0.03, batch_size=10, replay_batch=10, ewc_lamb
 # MER's Algorithm 1 (Riemer et al.): one example at a time, `mer_batches` batches of it plus
 # `replay_batch` memories, one SGD step per sample, Reptile within (β) and across (γ) batches.
 MER = dict(batch_size=1, lr=0.03, mer_beta=0.03, mer_gamma=1.0, mer_batches=5)
-RESUMABLE = tuple(f.name for f in dataclasses.fields(RunOptions))
+EMCL_READINGS = ("emcl_replay", "emcl_meta_rate", "emcl_scale", "emcl_gradient_step", "emcl_meta_grad")  # named in the label when not the default
+RESUMABLE = ("log_every", "tensorboard", *(f.name for f in dataclasses.fields(RunOptions)))  # may change on --resume
 
 
 def method_options(bench: str, method: str, seed: int, overrides: dict) -> LearnerOptions:
@@ -61,7 +71,8 @@ def label(method: str, opts: LearnerOptions) -> str:
     if method != "emcl":
         return method
     off = [n for n, on in (("PGD", opts.emcl_pgd), ("inner reg.", opts.emcl_reg)) if not on]
-    return "emcl" + (f" w/o {', '.join(off)}" if off else "") + ("-si" if opts.emcl_importance == "si" else "")
+    readings = [f"{n.removeprefix('emcl_').replace('_', '-')} {getattr(opts, n)}" for n in EMCL_READINGS if getattr(opts, n) != getattr(LearnerOptions, n)]
+    return "emcl" + (f" w/o {', '.join(off)}" if off else "") + ("-si" if opts.emcl_importance == "si" else "") + (f" ({', '.join(readings)})" if readings else "")
 
 
 @torch.no_grad()
@@ -80,19 +91,27 @@ def accuracy(learner: Learner, task: ClassTask, heads: torch.Tensor | None, chun
     return 100.0 * correct / len(task.test_y)
 
 
-def run_one(bench: Benchmark, method: str, opts: LearnerOptions, progress: bool = False) -> dict:
-    """One method, one seed over the whole stream: the accuracy matrix, ACC, BWT and training time."""
+def run_one(bench: Benchmark, method: str, opts: LearnerOptions, progress: bool = False, device: str = "cpu", tracker: Tracker | None = None) -> dict:
+    """One method, one seed over the whole stream (on ``device``): the accuracy matrix, ACC, BWT and training time.
+    ``tracker`` logs the training steps (counted over the stream) and each task's row of accuracies."""
     heads = bench.heads()
-    learner = ONLINE_LEARNERS[method](bench.tasks, opts, lambda: build_model(bench), "ce", head_loss(heads))
-    R, train_s, after_s = [], 0.0, 0.0
-    for task in bench.tasks:
+    heads = None if heads is None else heads.to(device)
+    tasks = [tensors_to(t, torch.device(device)) for t in bench.tasks]
+    with torch.device(device):
+        learner = ONLINE_LEARNERS[method](tasks, opts, lambda: build_model(bench), "ce", head_loss(heads))
+    R, train_s, after_s, offset = [], 0.0, 0.0, 0
+    for task in tasks:
         steps = (len(task) // opts.batch_size) * opts.glances
+        view = None if tracker is None else tracker.at(offset, train_s + after_s, task=task.index + 1)
         try:
-            seconds = learn_task(learner, task, steps, progress=progress)
+            seconds = learn_task(learner, task, steps, progress=progress, tracker=view)
         except DivergedError as e:  # recorded; the other runs go on
             return {"method": method, "label": label(method, opts), "seed": opts.seed, "diverged": f"task {task.index + 1}, step {e.step}: {e.what} {e.loss}", "options": dataclasses.asdict(opts)}
         train_s, after_s = train_s + seconds["train_s"], after_s + seconds["after_task_s"]
-        R.append([accuracy(learner, t, heads) for t in bench.tasks])
+        R.append([accuracy(learner, t, heads) for t in tasks])
+        offset += steps * learner.updates_per_step
+        if view is not None:
+            view.evaluation(steps * learner.updates_per_step, {"acc": sum(R[-1]) / len(R[-1]), **{f"task{j + 1}_acc": a for j, a in enumerate(R[-1])}}, seconds["train_s"])
     return {"method": method, "label": label(method, opts), "seed": opts.seed, "R": R, "acc": sum(R[-1]) / len(R[-1]), "bwt": backward_transfer(R),
             "train_s": train_s + after_s, "options": dataclasses.asdict(opts)}  # fmt: skip
 
@@ -109,7 +128,7 @@ def cl_bench(cfg: BenchConfig) -> list[dict]:
     out = prepare_out(cfg.out or Path("runs") / f"cl-bench-{cfg.bench}", cfg.resume, cfg.overwrite)
     cfg = dataclasses.replace(cfg, out=out)
     described = {k: v for k, v in to_dict(cfg).items() if k not in ("methods", "seeds")}  # resuming may add methods and seeds
-    with Run(out, "cl-bench", described, cfg.resume, RESUMABLE) as run:
+    with Run(out, "cl-bench", described, cfg.resume, RESUMABLE, replay=to_dict(cfg)) as run:
         return run_all(run, cfg, methods, options, benches)
 
 
@@ -130,7 +149,8 @@ def run_all(run: Run, cfg: BenchConfig, methods: list[str], options: dict, bench
             if path.is_file():
                 records.append(json.loads(path.read_text()))
                 continue
-            r = run_one(benches[s], m, options[m, s], progress=cfg.progress)
+            with open_part_log(run, cfg, f"{m}-seed{s}") as tracker:
+                r = run_one(benches[s], m, options[m, s], progress=cfg.progress, device=cfg.device, tracker=tracker)
             write_text(path, json.dumps(r))
             records.append(r)
             print(f"{r['label']} seed {s}: " + (f"diverged at {r['diverged']}" if "diverged" in r else f"ACC {r['acc']:.2f}  BWT {r['bwt']:.2f}  {r['train_s']:.1f} s"), file=sys.stderr)

@@ -1,8 +1,9 @@
 """``mclnf fit``: fit one field to one signal and write every output of a run.
 
-Outputs in ``--out``: ``field.safetensors`` and ``checkpoint.pt`` (at log-spaced steps; ``--resume``
-continues bit-exactly), ``metrics.json`` (the run record), the reconstruction in the signal's own form,
-``curve.png``, the layout's extra outputs (scenes: views and a turntable) and ``run.json``.
+Outputs in ``--out``: ``field.safetensors`` and ``checkpoint.pt`` (at every evaluation: log-spaced steps, or
+every ``--eval-every``; ``--resume`` continues bit-exactly), ``metrics.json`` (the run record), the reconstruction
+in the signal's own form, ``curve.png``, the layout's extra outputs (scenes: views and a turntable), ``log.jsonl``
+(and ``tensorboard/``: :mod:`mclnf.tracking`) and ``run.json``.
 """
 
 from __future__ import annotations
@@ -16,31 +17,36 @@ from pathlib import Path
 import torch
 
 from mclnf.config import FitConfig, RunOptions, load_configured_signal, resolve
-from mclnf.errors import MclnfError
+from mclnf.errors import DivergedError, MclnfError
 from mclnf.eval.plots import plot_curve
 from mclnf.fields import Field
 from mclnf.io import load_checkpoint, save_checkpoint, write_text
 from mclnf.losses import LOSSES
 from mclnf.optim import build_optimizer
-from mclnf.optim.auto import choose_optimizer
+from mclnf.optim.auto import SAFE, BlewUp, Guard, choose_optimizer
 from mclnf.options import to_dict
-from mclnf.runs import Run, prepare_out, save_field, write_reconstruction
+from mclnf.runs import REPLAY, Run, prepare_out, read_record, replay_text, save_field, write_reconstruction
 from mclnf.sampling import EpochSampler
 from mclnf.signals import Signal, signal_kind
-from mclnf.train import log_spaced_steps, train
+from mclnf.tracking import TENSORBOARD, open_tracker
+from mclnf.train import evaluation_steps, train
 
-RESUMABLE = ("steps", "tensorboard", *(f.name for f in dataclasses.fields(RunOptions)))  # may change on --resume
+RESUMABLE = ("steps", "eval_every", "log_every", "tensorboard", *(f.name for f in dataclasses.fields(RunOptions)))  # may change on --resume: the result stays
+AUTO_RESTART = "auto_restart"  # run.json: --optimizer auto's choice blew up and the run restarted with the safe one
 
 
-def evaluate(field: Field, signal: Signal) -> dict[str, float]:
+def evaluate(field: Field, signal: Signal) -> tuple[torch.Tensor, dict[str, float]]:
+    """The field's prediction of the evaluation samples, and its metrics."""
     device = next(field.parameters()).device
     pred = signal.layout.predict(lambda x: field(x.to(device)).cpu(), signal.eval_coords)
-    return signal.layout.metrics(pred, signal.eval_values)
+    return pred, signal.layout.metrics(pred, signal.eval_values)
 
 
-def resume_state(out: Path, cfg: FitConfig, field: Field, optimizer: torch.optim.Optimizer, suffix: str) -> tuple[int, float, list]:
-    """Load the checkpoint of the run in ``out`` into ``field`` and ``optimizer``; returns (step, seconds, curve)."""
+def resume_state(out: Path, cfg: FitConfig, field: Field, optimizer: torch.optim.Optimizer, suffix: str, guard: Guard | None = None) -> tuple[int, float, list]:
+    """Load the checkpoint of the run in ``out`` into ``field`` and ``optimizer`` (and ``guard``'s first loss); returns (step, seconds, curve)."""
     ck = load_checkpoint(out / "checkpoint.pt", ("step", "elapsed", "curve", "field", "optimizer", "rng"))
+    if guard is not None:
+        guard.first = ck.get("auto_first_loss")
     if ck["step"] > cfg.steps:  # equal: killed before its last outputs, which are written now
         raise MclnfError(f"--steps {cfg.steps}: the run in {out} already reached step {ck['step']}")
     field.load_state_dict(ck["field"])
@@ -52,75 +58,111 @@ def resume_state(out: Path, cfg: FitConfig, field: Field, optimizer: torch.optim
 
 
 def fit(cfg: FitConfig) -> dict:
-    """Fit a field as ``cfg`` says; returns the run record also written to ``metrics.json``."""
-    auto = cfg.optimizer == "auto"
+    """Fit a field as ``cfg`` says; returns the run record also written to ``metrics.json``.
+
+    ``--optimizer auto`` (:mod:`mclnf.optim.auto`) whose choice is not the safe one (Adam at its default learning
+    rate) is watched by a :class:`~mclnf.optim.auto.Guard` over its first steps; a blow-up restarts the run from
+    the initial weights with the safe choice — exactly a plain ``--optimizer adam`` run — saying so in one line.
+    ``run.json`` and ``config.yaml`` then hold the safe choice (``--resume`` continues with it, ``--config``
+    repeats it) and ``metrics.json``'s ``auto`` records the choice and the restart."""
+    auto, given_lr = cfg.optimizer == "auto", cfg.lr
     kind = signal_kind(cfg.signal)
     cfg = resolve(cfg, kind)
     signal = load_configured_signal(cfg)  # every input error is raised before the output folder is touched
+    safe = resolve(dataclasses.replace(cfg, optimizer=SAFE, lr=None), kind)
+    guard, record = None, {}  # record: what joins metrics.json (auto's choice and restart)
     if auto:
-        print(f"--optimizer auto: {cfg.optimizer} (lr {cfg.lr:g}): {choose_optimizer(kind, cfg.activation)[2]}")
-    layout = signal.layout
-    field_cfg = cfg.field_config(layout)
-    torch.manual_seed(cfg.seed)
-    field = Field(field_cfg).to(cfg.device)
-    optimizer = build_optimizer(cfg.optimizer, field, cfg.lr, seed=cfg.seed)
+        reason = choose_optimizer(kind, cfg.activation)[2]
+        print(f"--optimizer auto: {cfg.optimizer} (lr {cfg.lr:g}): {reason}")
+        if cfg.optimizer != SAFE or (given_lr is None and cfg.lr != safe.lr):  # a choice other than the safe one: guarded
+            guard = Guard(cfg.optimizer)
+        record = {"auto": {"optimizer": cfg.optimizer, "lr": cfg.lr, "reason": reason, "guarded": guard is not None, "restart": None}}
+    field, optimizer = new_field(cfg, signal)  # a field the options cannot make is an input error too
     out = prepare_out(cfg.out or Path("runs") / f"fit-{Path(cfg.signal).stem}-{cfg.activation}", cfg.resume, cfg.overwrite)
-    cfg = dataclasses.replace(cfg, out=out)
+    restart = read_record(out).get(AUTO_RESTART) if guard is not None and cfg.resume else None
+    if restart:  # the run had restarted with the safe choice before it stopped
+        print(f"--optimizer auto: this run restarted with {SAFE} (lr {safe.lr:g}) after {restart['optimizer']} blew up at step {restart['step']}; continuing with {SAFE}")
+        cfg, guard = safe, None
+        record["auto"]["restart"] = restart
+        field, optimizer = new_field(cfg, signal)
+    cfg, safe = dataclasses.replace(cfg, out=out), dataclasses.replace(safe, out=out, resume=False)
     with Run(out, "fit", to_dict(cfg), cfg.resume, RESUMABLE) as run:
-        return fit_in(run, cfg, signal, field, optimizer)
+        if restart:
+            keep_restart(run, restart)  # a resumed run's record starts anew
+        try:
+            return fit_in(run, cfg, signal, field, optimizer, guard=guard, extra=record)
+        except (BlewUp, DivergedError) as e:
+            if guard is None or (isinstance(e, DivergedError) and e.step > guard.steps):
+                raise
+            blew = e if isinstance(e, BlewUp) else BlewUp(cfg.optimizer, e.step, guard.first, e.loss, e.what)
+            print(f"--optimizer auto: {blew}; restarting with {SAFE} (lr {safe.lr:g}) from the initial weights")
+            record["auto"]["restart"] = restart = {**blew.to_dict(), "lr": cfg.lr, "restarted_with": {"optimizer": SAFE, "lr": safe.lr}}
+            keep_restart(run, restart, safe)
+            for name in ("checkpoint.pt", "field.safetensors"):  # the guarded attempt's: nothing of it is continued
+                (out / name).unlink(missing_ok=True)
+            return fit_in(run, safe, signal, *new_field(safe, signal), fresh=True, extra=record)
 
 
-def fit_in(run: Run, cfg: FitConfig, signal: Signal, field: Field, optimizer: torch.optim.Optimizer) -> dict:
-    """The training and the outputs of :func:`fit`, in its run folder (continued from its checkpoint, if it has one)."""
+def new_field(cfg: FitConfig, signal: Signal) -> tuple[Field, torch.optim.Optimizer]:
+    """The field ``cfg`` starts from (seeded by ``cfg.seed``, on ``cfg.device``) and its optimizer."""
+    torch.manual_seed(cfg.seed)
+    field = Field(cfg.field_config(signal.layout)).to(cfg.device)
+    return field, build_optimizer(cfg.optimizer, field, cfg.lr, seed=cfg.seed)
+
+
+def keep_restart(run: Run, restart: dict, cfg: FitConfig | None = None) -> None:
+    """Record in ``run.json`` that ``--optimizer auto``'s choice blew up and the run restarted (with ``cfg``, which
+    then replaces the run's recorded config and ``config.yaml``: ``--resume`` continues it, ``--config`` repeats it)."""
+    if cfg is not None:
+        run.record["config"] = json.loads(json.dumps(to_dict(cfg)))
+        write_text(run.out / REPLAY, replay_text("fit", to_dict(cfg)))
+    run.record[AUTO_RESTART] = restart
+    run.save()
+
+
+def fit_in(run: Run, cfg: FitConfig, signal: Signal, field: Field, optimizer: torch.optim.Optimizer, *, guard: Guard | None = None, fresh: bool = False,
+           extra: dict | None = None) -> dict:  # fmt: skip
+    """The training and the outputs of :func:`fit`, in its run folder (continued from its checkpoint, if it has one;
+    ``fresh``: from the start, dropping what the folder's log holds). ``guard`` watches the training losses;
+    ``extra`` joins the run record."""
     out, layout = run.out, signal.layout
-    resumed = cfg.resume and (out / "checkpoint.pt").is_file()  # a run killed before its first checkpoint starts afresh
-    start, elapsed, curve = resume_state(out, cfg, field, optimizer, layout.suffix) if resumed else (0, 0.0, [])
-    writer = None
-    if cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
+    resumed = cfg.resume and not fresh and (out / "checkpoint.pt").is_file()  # a run killed before its first checkpoint starts afresh
+    start, elapsed, curve = resume_state(out, cfg, field, optimizer, layout.suffix, guard) if resumed else (0, 0.0, [])
+    tracker = open_tracker(out, start if cfg.resume or fresh else None, cfg.log_every, run.mkdir(out / TENSORBOARD) if cfg.tensorboard else None)
 
-        writer = SummaryWriter(str(run.mkdir(out / "tensorboard")))
-
-    def on_eval(step: int, loss: float, seconds: float) -> None:
-        metrics = evaluate(field, signal)
+    def on_eval(step: int, loss: float, seconds: float) -> dict:
+        pred, metrics = evaluate(field, signal)
         curve.append({"step": step, "loss": loss, "time_s": seconds, **metrics})
-        if writer is not None:
-            for k, v in {"loss": loss, **metrics}.items():
-                if v is not None:
-                    writer.add_scalar(f"fit/{k}", v, step)
+        tracker.evaluation(step, metrics, seconds, layout=layout, pred=pred, truth=signal.eval_values)  # flushed before the checkpoint
         save_field(out / "field.safetensors", field, layout)
         save_checkpoint(out / "checkpoint.pt", {
             "config": to_dict(cfg), "step": step, "elapsed": seconds, "curve": curve,
             "field": field.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+            **({"auto_first_loss": guard.first} if guard is not None else {}),
         })  # fmt: skip
+        return {layout.primary_metric: metrics[layout.primary_metric]}
 
     loss_of = LOSSES[layout.loss]
     model = torch.compile(field, dynamic=False) if cfg.compile else field  # evaluation stays eager
     sampler = EpochSampler(signal.coords.to(cfg.device), signal.values.to(cfg.device), cfg.batch_size, cfg.seed)
-    try:
+    with tracker:
         elapsed = train(
             optimizer, lambda x, y: loss_of(layout.observe(model, x), y), sampler, cfg.steps, start_step=start, elapsed=elapsed,
-            eval_steps=log_spaced_steps(cfg.steps), on_eval=on_eval, last_good_step=start or None,
-            progress=cfg.progress, desc=f"fit {Path(cfg.signal).name}",
+            eval_steps=evaluation_steps(cfg.steps, cfg.eval_every), on_eval=on_eval, last_good_step=start or None,
+            progress=cfg.progress, desc=f"fit {Path(cfg.signal).name}", tracker=tracker, watch=guard,
         )  # fmt: skip
-    finally:
-        if writer is not None:
-            writer.close()
-            for p in (out / "tensorboard").rglob("*"):
-                if p.is_file():
-                    run.written(p)
-    return write_outputs(cfg, field, signal, curve, elapsed)
+    return write_outputs(cfg, field, signal, curve, elapsed, extra)
 
 
-def write_outputs(cfg: FitConfig, field: Field, signal: Signal, curve: list[dict], elapsed: float) -> dict:
-    """The reconstruction, the extra outputs, ``curve.png`` and ``metrics.json``; returns the run record."""
+def write_outputs(cfg: FitConfig, field: Field, signal: Signal, curve: list[dict], elapsed: float, extra: dict | None = None) -> dict:
+    """The reconstruction, the extra outputs, ``curve.png`` and ``metrics.json`` (with ``extra``); returns the run record."""
     layout, out = signal.layout, cfg.out
     record = {
         "signal": cfg.signal, "kind": layout.kind, "activation": cfg.activation, "optimizer": cfg.optimizer,
         "lr": cfg.lr, "params": field.num_params, "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "wall_time_s": elapsed, "final": {k: v for k, v in curve[-1].items() if k not in ("step", "time_s")},
         "curve": curve, "field": field.config.to_dict(), "layout": layout.to_dict(), "config": to_dict(cfg),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), **(extra or {}),
     }  # fmt: skip
     field.cpu()
     try:
@@ -129,7 +171,7 @@ def write_outputs(cfg: FitConfig, field: Field, signal: Signal, curve: list[dict
         record["reconstruction"] = None
         print(f"warning: no reconstruction written: {e}", file=sys.stderr)
     record["outputs"] = layout.extra_outputs(field, signal, out)
-    plot_curve(curve, layout.primary_metric, out / "curve.png", title=f"{Path(cfg.signal).name} · {cfg.activation} · {cfg.optimizer} {cfg.lr:g}")
+    plot_curve(curve, out / "curve.png", title=f"{Path(cfg.signal).name} · {cfg.activation} · {cfg.optimizer} {cfg.lr:g}", log_steps=cfg.eval_every is None)
     write_text(out / "metrics.json", json.dumps(record, indent=1))
     return record
 

@@ -16,30 +16,49 @@ Outputs: ``table.md`` (MCL-NF's Table 1: Step 1 / Best (step) / Final, per metri
 ``grid_step{s}.png`` for images (Fig. 3; reconstructions of the first signals, one row per method) or
 reconstruction files for audio/video, ``metrics.json`` and ``run.json``. An *episode* is one
 test-time optimization step on one task (one batch).
+
+Each method's record is written to ``methods/`` as soon as the method is done (``NN-<method>.json`` to
+read, ``NN-<method>.pt`` with its reconstructions, exactly as scored), so an interrupted run loses at most
+the method it was scoring: ``--resume`` (same options) reads the methods done and scores the others, and
+writes the tables an uninterrupted run writes. ``--device`` runs the test-time learners there.
+
+Each method logs to ``logs/NN-<method>.log.jsonl`` (and, with ``--tensorboard``, ``tensorboard/NN-<method>/``;
+:mod:`mclnf.tracking`), started afresh whenever the method is scored: the training loss of the logged test-time
+steps and, at the end of every test-time run (a signal, a step count s), its metrics (an ``eval`` line; TensorBoard
+also gets the reconstructions of the first ``grid_signals`` signals). Steps count over all the method's test-time
+runs — signal by signal, step count by step count — so the log thins as any long log does; every line names its
+``signal`` and ``steps_per_task`` (train lines their ``task`` too). Test-time seconds (``episodes/s``) leave out
+the logging.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
-from time import perf_counter
 
-from mclnf.config import MetaTestConfig, loader_options
+import torch
+
+from mclnf.config import MetaTestConfig, RunOptions, loader_options
 from mclnf.errors import DivergedError, MclnfError
 from mclnf.eval.memory import allocated_peak_mib
 from mclnf.eval.metrics import finite_mean
 from mclnf.eval.plots import plot_meta_test, plot_reconstruction_grid
 from mclnf.eval.tables import compute_table, summarize, table1
-from mclnf.io import atomic_path, write_text
+from mclnf.io import atomic_path, load_checkpoint, save_checkpoint, write_text
 from mclnf.learners import CONTINUAL_LEARNERS, Learner, LearnerOptions
 from mclnf.options import to_dict
-from mclnf.runs import MetaRun, Run, load_init, prepare_out
+from mclnf.runs import MetaRun, Run, load_init, open_part_log, prepare_out
+from mclnf.runtime import on_device, tensors_to
 from mclnf.signals import Signal
 from mclnf.signals.datasets import MetaDataset, load_dataset
 from mclnf.signals.tasks import Task, split_signal
+from mclnf.tracking import Tracker
 from mclnf.train import learn_task
+
+RESUMABLE = ("log_every", "tensorboard", *(f.name for f in dataclasses.fields(RunOptions)))  # may change on --resume
 
 
 def check_dataset(runs: list[MetaRun], dataset: str) -> MetaDataset:
@@ -60,39 +79,49 @@ def check_dataset(runs: list[MetaRun], dataset: str) -> MetaDataset:
 
 
 def make_learner(entry: MetaRun | str, signal: Signal, tasks: list[Task], cfg: MetaTestConfig, base, batch: int) -> Learner:
-    """A meta run's test-time learner from its θ₀, or a baseline (a continual learner's name) from a random initialization."""
+    """A meta run's test-time learner from its θ₀, or a baseline (a continual learner's name) from a random initialization (on ``cfg.device``)."""
     if isinstance(entry, str):
         opts = LearnerOptions(optimizer=cfg.baseline_optimizer, lr=cfg.baseline_lr, batch_size=batch, seed=cfg.seed)
-        return CONTINUAL_LEARNERS[entry].for_signal(signal, tasks, base, opts)
+        with torch.device(cfg.device):
+            return CONTINUAL_LEARNERS[entry].for_signal(signal, tasks, base, opts)
     lr = cfg.test_lr or (entry.config.inner_lr if cfg.test_optimizer in (None, "sgd") else None)
     opts = LearnerOptions(optimizer=cfg.test_optimizer or "sgd", lr=lr, batch_size=batch, seed=cfg.seed)
-    return entry.method.test_learner(signal, tasks, opts, entry.theta)
+    with torch.device(cfg.device):
+        return entry.method.test_learner(signal, tasks, opts, entry.theta)
 
 
-def score(entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs: list[MetaRun], steps: list[int], grid_steps: list[int]) -> dict:
-    """Every step count of one method on every meta-test signal; returns its record."""
+def score(entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs: list[MetaRun], steps: list[int], grid_steps: list[int],
+          tracker: Tracker | None = None) -> dict:  # fmt: skip
+    """Every step count of one method on every meta-test signal (on ``cfg.device``); returns its record. ``tracker`` logs the
+    test-time steps (counted over all the method's test-time runs) and the metrics at the end of every run."""
     layout, first = runs[0].method.layout, runs[0].config
     name = entry if isinstance(entry, str) else entry.name
     metric_names = list(layout.metrics(signals[0].values, signals[0].values))
     per_step: dict[int, list[dict]] = {s: [] for s in steps}
-    seconds, episodes, recon = 0.0, 0, {}
+    seconds, episodes, recon, offset = 0.0, 0, {}, 0
     for i, signal in enumerate(signals):
         tasks = split_signal(signal, first.split, first.tasks)
         batch = cfg.batch_size or max(len(t) for t in tasks)
         for s in steps:
             learner = make_learner(entry, signal, tasks, cfg, runs[0].base_field, batch)
-            t0 = perf_counter()
+            per_task, taken = s * learner.updates_per_step, 0.0  # training steps of a task; seconds of this run
             try:
                 for task in tasks:
-                    learn_task(learner, task, s, progress=False)
+                    view = None if tracker is None else tracker.at(offset + task.index * per_task, seconds + taken, signal=i + 1, steps_per_task=s, task=task.index + 1)
+                    timed = learn_task(learner, task, s, progress=False, tracker=view)
+                    taken += timed["train_s"] + timed["after_task_s"]  # the logging left out
             except DivergedError as e:
                 hint = f"try a lower {'--baseline-lr' if isinstance(entry, str) else '--test-lr'}"
                 raise DivergedError(e.step, e.loss, None, e.what, where=f" (meta-test {name}, signal {i + 1}, {s} steps per task)", kept="meta-test keeps no checkpoint", hint=hint) from None
-            seconds += perf_counter() - t0
             episodes += s * len(tasks)
-            per_step[s].append(layout.metrics(learner.predict(signal.eval_coords), signal.eval_values))
+            pred = learner.predict(signal.eval_coords)
+            per_step[s].append(layout.metrics(pred, signal.eval_values))
+            if tracker is not None:
+                media = dict(layout=layout, pred=pred.cpu(), truth=signal.eval_values.cpu()) if i < cfg.grid_signals else {}
+                tracker.at(offset, seconds, signal=i + 1, steps_per_task=s).evaluation(len(tasks) * per_task, per_step[s][-1], taken, **media)
+            seconds, offset = seconds + taken, offset + len(tasks) * per_task
             if s in grid_steps and i < cfg.grid_signals:
-                recon[(s, i)] = layout.reconstruct(learner.predict)
+                recon[(s, i)] = layout.reconstruct(on_device(learner.predict, cfg.device))
         if cfg.progress:
             done = "  ".join(f"{s}:{per_step[s][-1]['psnr']:.2f}" for s in steps)
             print(f"meta-test {name} signal {i + 1}/{len(signals)}  PSNR by step  {done}", file=sys.stderr)
@@ -113,12 +142,33 @@ def meta_test(cfg: MetaTestConfig) -> list[dict]:
     runs = [load_init(p) for p in cfg.runs]
     ds = check_dataset(runs, cfg.dataset)
     signals = ds.test[: cfg.signals] if cfg.signals else ds.test
-    out = prepare_out(cfg.out or Path(runs[0].path) / "meta-test", False, cfg.overwrite)
+    out = prepare_out(cfg.out or Path(runs[0].path) / "meta-test", cfg.resume, cfg.overwrite)
     cfg = dataclasses.replace(cfg, out=out)
-    with Run(out, "meta-test", to_dict(cfg), False):
-        records = [score(entry, signals, cfg, runs, steps, grid_steps) for entry in [*runs, *cfg.baselines]]
+    on = [tensors_to(s, torch.device(cfg.device)) for s in signals]
+    with Run(out, "meta-test", to_dict(cfg), cfg.resume, RESUMABLE) as run:
+        run.mkdir(out / "methods")
+        records = [method_record(k, entry, on, cfg, runs, steps, grid_steps, run) for k, entry in enumerate([*runs, *cfg.baselines])]
         write_outputs(cfg, records, signals, ds, steps, grid_steps, runs[0].config)
     return records
+
+
+def method_files(out: Path, k: int, name: str) -> tuple[Path, Path]:
+    """``methods/NN-<name>.json`` and ``.pt`` of the k-th method (numbered: two runs may share a method's name)."""
+    tag = f"{k + 1:02d}-" + re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-")
+    return out / "methods" / f"{tag}.json", out / "methods" / f"{tag}.pt"
+
+
+def method_record(k: int, entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs: list[MetaRun], steps: list[int], grid_steps: list[int], run: Run) -> dict:
+    """The k-th method's record: read from ``methods/`` when resuming a run that scored it, else scored (:func:`score`, logged to
+    ``logs/NN-<method>.log.jsonl``) and written there at once — the ``.pt`` (exact, with the reconstructions), then the ``.json`` that marks it done."""
+    as_json, exact = method_files(cfg.out, k, entry if isinstance(entry, str) else entry.name)
+    if cfg.resume and as_json.is_file():
+        return load_checkpoint(exact, ("name", "curve", "per_signal", "summary", "recon"))
+    with open_part_log(run, cfg, as_json.stem) as tracker:
+        record = score(entry, signals, cfg, runs, steps, grid_steps, tracker=tracker)
+    save_checkpoint(exact, record)
+    write_text(as_json, json.dumps({key: v for key, v in record.items() if key != "recon"}, indent=1, default=str))
+    return record
 
 
 def write_outputs(cfg: MetaTestConfig, records: list[dict], signals: list[Signal], ds: MetaDataset, steps: list[int], grid_steps: list[int], first) -> None:

@@ -8,7 +8,9 @@ all-reduced, so N processes compute what one process computes on the whole meta-
 
 Outputs: ``init.safetensors`` (θ₀ with the method, field and layout as metadata — what
 ``mclnf meta-test`` reads), ``checkpoint.pt`` every ``checkpoint_every`` steps (θ₀, Adam state, EMCL's
-importance; ``--resume`` continues bit-exactly), ``meta_train.json``, ``meta_train.png`` and ``run.json``.
+importance; ``--resume`` continues bit-exactly), ``meta_train.json``, ``meta_train.png``, ``log.jsonl`` (the loss after
+adaptation, the meta-gradient's norm before clipping, the learning rate and the norm of θ₀'s update at the logged
+outer steps; and ``tensorboard/`` with ``--tensorboard``: :mod:`mclnf.tracking`) and ``run.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
 from time import perf_counter
 
@@ -35,9 +36,10 @@ from mclnf.options import to_dict
 from mclnf.runs import Run, prepare_out, save_init
 from mclnf.sampling import permutation
 from mclnf.signals.datasets import MetaDataset, load_dataset
+from mclnf.tracking import TENSORBOARD, norm, open_tracker
 from mclnf.train import meta_step
 
-RESUMABLE = ("outer_steps", "checkpoint_every", *(f.name for f in dataclasses.fields(RunOptions)))
+RESUMABLE = ("outer_steps", "checkpoint_every", "log_every", "tensorboard", *(f.name for f in dataclasses.fields(RunOptions)))
 
 
 def world() -> tuple[int, int]:
@@ -78,11 +80,11 @@ def meta_train(cfg: MetaTrainConfig) -> dict | None:
     if rank == 0:
         prepare_out(out, cfg.resume, cfg.overwrite)
     cfg = dataclasses.replace(cfg, out=out)
-    with Run(out, "meta-train", to_dict(cfg), cfg.resume, RESUMABLE) if rank == 0 else contextlib.nullcontext():
-        return outer_loop(cfg, ds, method, rank, size)
+    with Run(out, "meta-train", to_dict(cfg), cfg.resume, RESUMABLE) if rank == 0 else contextlib.nullcontext() as run:
+        return outer_loop(cfg, ds, method, rank, size, run)
 
 
-def outer_loop(cfg: MetaTrainConfig, ds: MetaDataset, method, rank: int, size: int) -> dict | None:
+def outer_loop(cfg: MetaTrainConfig, ds: MetaDataset, method, rank: int, size: int, run: Run | None = None) -> dict | None:
     """θ₀ from its seed (or the run's checkpoint), the outer steps with a checkpoint every ``checkpoint_every``, the outputs."""
     device, out = torch.device(cfg.device), cfg.out
     theta = {k: v.to(device).requires_grad_() for k, v in method.init_params(cfg.seed).items()}
@@ -97,8 +99,11 @@ def outer_loop(cfg: MetaTrainConfig, ds: MetaDataset, method, rank: int, size: i
     lo, hi = rank * cfg.meta_batch // size, (rank + 1) * cfg.meta_batch // size
     bar = tqdm(total=cfg.outer_steps, initial=start, desc=f"meta-train {cfg.method}", disable=not cfg.progress or rank, mininterval=1.0, dynamic_ncols=True)
     last_saved = start or None
+    tracker = open_tracker(out, start if cfg.resume else None, cfg.log_every, run.mkdir(out / TENSORBOARD) if cfg.tensorboard else None) if rank == 0 else None
     try:
         for step in range(start + 1, cfg.outer_steps + 1):
+            logged = tracker is not None and tracker.logs(step)
+            before = [v.detach().clone() for v in theta.values()] if logged else None  # for the update's norm (not timed)
             t0 = perf_counter()
             batch = meta_batch(len(ds.train), cfg.meta_batch, cfg.seed, step)[lo:hi].to(device)
             try:
@@ -109,9 +114,12 @@ def outer_loop(cfg: MetaTrainConfig, ds: MetaDataset, method, rank: int, size: i
                 raise DivergedError(step, e.loss, last_saved, e.what, where=f" (meta-train {cfg.method})", kept=kept, hint="try a lower --outer-lr or --inner-lr") from None
             elapsed += perf_counter() - t0
             curve.append({"step": step, "loss": loss, "grad_norm": grad_norm, "time_s": elapsed})
+            if logged:
+                tracker.train_step(step, loss, elapsed, lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm, update_norm=norm(v - b for v, b in zip(theta.values(), before)))
             bar.update()
             bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
             if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.outer_steps):
+                tracker.flush()  # the log holds every step the checkpoint has seen
                 save_init(out / "init.safetensors", theta, method, cfg, ds, step)
                 save_checkpoint(out / "checkpoint.pt", {"config": to_dict(cfg), "step": step, "elapsed": elapsed, "curve": curve,
                                                         "theta": {k: v.detach().cpu() for k, v in theta.items()}, "optimizer": optimizer.state_dict(),
@@ -119,6 +127,8 @@ def outer_loop(cfg: MetaTrainConfig, ds: MetaDataset, method, rank: int, size: i
                 last_saved = step
     finally:
         bar.close()
+        if tracker is not None:
+            tracker.close()
     return write_outputs(cfg, ds, method, theta, curve, start) if rank == 0 else None
 
 
@@ -151,9 +161,7 @@ def write_outputs(cfg: MetaTrainConfig, ds: MetaDataset, method, theta: dict, cu
     }  # fmt: skip
     plot_meta_curve(curve, cfg.out / "meta_train.png", title=f"{cfg.dataset} · {cfg.method} · {cfg.meta_grad}")
     write_text(cfg.out / "meta_train.json", json.dumps(record, indent=1))
-    if cfg.progress:
-        print(f"meta-trained {cfg.method} ({cfg.meta_grad}) for {cfg.outer_steps} outer steps in {elapsed:.1f} s; loss after adaptation {record['final_loss']:.4g}", file=sys.stderr)
-    return record
+    return record  # the CLI prints its summary (once)
 
 
 def summary(record: dict) -> str:

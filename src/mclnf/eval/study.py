@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mclnf.eval.plots import label as metric_label  # noqa: E402
 from mclnf.io import atomic_path  # noqa: E402
 
 
@@ -190,7 +191,7 @@ def plot_study(records: list[dict], metric: str, x: str, path: Path, title: str 
                 ax.plot(xs[-1], ys[-1], "x", color=colours[key], ms=8)
         ax.set_title(act)
         ax.set_xlabel({"step": "step", "time_s": "training time (s)"}.get(x, x))
-        ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
+        ax.set_ylabel(metric_label(metric))
         if log_x:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)

@@ -2,7 +2,9 @@
 
 Every layer's parameters are stacked over modules — ``layers.{i}.weight`` of shape (K, out, in) and
 ``layers.{i}.bias`` of shape (K, out), the names of :class:`Field`'s with a leading module axis — so
-all modules run in one ``torch.baddbmm`` per layer, never a Python loop over modules. Because the
+all modules run in one ``torch.baddbmm`` per layer, never a Python loop over modules. An encoding with
+parameters (a hash grid's ``encoding.table``) is stacked alike, (K, F, Σ T_l), and evaluated for all
+modules in one gather, on each module's own points. Because the
 names match, ``torch.func.vmap(lambda p, x: functional_call(Field(config), p, (x,)))`` over the
 stacked parameters computes :meth:`ModularField.forward_all` as well; ``benchmarks/modular_step.py``
 measures both and the explicit ``baddbmm`` (used here) is the faster on CPU.
@@ -73,13 +75,13 @@ class ModularField(nn.Module):
         self.config = config
         template = self._new_field()  # activations and encoding (no parameters are used from it)
         self.encoding = template.encoding
+        self._encoding_params = [n for n, _ in self.encoding.named_parameters()]  # a hash grid's table: stacked, one per module
         hidden = [template.first_activation] + [template.activation] * (config.depth - 2)
         self._acts = [_folded(a) for a in hidden]
         tensors = [self._tensors_of(init) for _ in range(num_modules)]  # init None: a fresh Field(config) each
-        self.layers = nn.ModuleList(
-            StackedLinear(torch.stack([t[i][0] for t in tensors]), torch.stack([t[i][1] for t in tensors]))
-            for i in range(config.depth)
-        )
+        for name in self._encoding_params:
+            setattr(self.encoding, name, nn.Parameter(torch.stack([t[f"encoding.{name}"] for t in tensors])))
+        self.layers = nn.ModuleList(StackedLinear(torch.stack([t[f"layers.{i}.weight"] for t in tensors]), torch.stack([t[f"layers.{i}.bias"] for t in tensors])) for i in range(config.depth))
 
     # ---- construction and export -------------------------------------------------------------
     def _new_field(self) -> Field:
@@ -87,22 +89,28 @@ class ModularField(nn.Module):
         with torch.random.fork_rng(devices=[]):
             return Field(self.config)
 
-    def _tensors_of(self, init: Field | Mapping[str, Tensor] | None) -> list[tuple[Tensor, Tensor]]:
+    def _tensors_of(self, init: Field | Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+        """A module's parameters by their :class:`Field` names, checked against the config and copied."""
         if init is None:
             init = Field(self.config)  # consumes the caller's RNG, as a standalone field would
         if isinstance(init, Field):
             if init.config != self.config:
                 raise MclnfError(f"module config {init.config} differs from the modular field's {self.config}")
             init = init.state_dict()
+        ref = dict(self._new_field().named_parameters())
         try:
-            out = [(init[f"layers.{i}.weight"], init[f"layers.{i}.bias"]) for i in range(self.config.depth)]
+            out = {name: init[name] for name in ref}
         except KeyError as e:
             raise MclnfError(f"module state dict lacks {e}") from None
-        ref = self._new_field().layers
-        for (w, b), layer in zip(out, ref):
-            if w.shape != layer.weight.shape or b.shape != layer.bias.shape:
-                raise MclnfError(f"module weight {tuple(w.shape)} does not fit layer {layer}")
-        return [(w.detach().clone(), b.detach().clone()) for w, b in out]
+        for name, t in out.items():
+            if t.shape != ref[name].shape:
+                raise MclnfError(f"module {name} {tuple(t.shape)} does not fit the field's {tuple(ref[name].shape)}")
+        return {name: t.detach().clone() for name, t in out.items()}
+
+    def _stacks(self) -> dict[str, tuple[nn.Module, str]]:
+        """Every stacked Parameter by its :class:`Field` name: (the module holding it, its attribute)."""
+        out = {f"encoding.{n}": (self.encoding, n) for n in self._encoding_params}
+        return out | {f"layers.{i}.{n}": (layer, n) for i, layer in enumerate(self.layers) for n in ("weight", "bias")}
 
     @classmethod
     def from_fields(cls, fields: Sequence[Field]) -> ModularField:
@@ -110,13 +118,13 @@ class ModularField(nn.Module):
         if not fields:
             raise MclnfError("from_fields: need at least one field")
         mf = cls(fields[0].config, len(fields), init=fields[0])
-        with torch.no_grad():
-            for i, layer in enumerate(mf.layers):
-                layer.weight.copy_(torch.stack([f.layers[i].weight for f in fields]))
-                layer.bias.copy_(torch.stack([f.layers[i].bias for f in fields]))
         for f in fields[1:]:
             if f.config != mf.config:
                 raise MclnfError(f"from_fields: configs differ ({f.config} vs {mf.config})")
+        params = [dict(f.named_parameters()) for f in fields]
+        with torch.no_grad():
+            for name, (mod, attr) in mf._stacks().items():
+                getattr(mod, attr).copy_(torch.stack([p[name] for p in params]))
         p = fields[0].layers[0].weight
         return mf.to(dtype=p.dtype, device=p.device)
 
@@ -125,17 +133,16 @@ class ModularField(nn.Module):
         k = self._check_index(k)
         p = self.layers[0].weight
         f = self._new_field().to(dtype=p.dtype, device=p.device)
-        f.load_state_dict({f"layers.{i}.{n}": getattr(layer, n)[k].detach().clone()
-                           for i, layer in enumerate(self.layers) for n in ("weight", "bias")})
+        f.load_state_dict({name: getattr(mod, attr)[k].detach().clone() for name, (mod, attr) in self._stacks().items()})
         return f
 
     @torch.no_grad()
     def set_module(self, k: int, field: Field) -> None:
         """Module k becomes a copy of the standalone ``field`` (same config); the Parameters stay the same objects."""
         k = self._check_index(k)
-        for i, layer in enumerate(self.layers):
-            layer.weight[k].copy_(field.layers[i].weight)
-            layer.bias[k].copy_(field.layers[i].bias)
+        params = dict(field.named_parameters())
+        for name, (mod, attr) in self._stacks().items():
+            getattr(mod, attr)[k].copy_(params[name])
 
     def add_module(self, init: Field | Mapping[str, Tensor] | None = None, *args) -> int:
         """Append a module initialized from ``init`` (a Field or its state dict; None: a fresh
@@ -147,11 +154,10 @@ class ModularField(nn.Module):
         if isinstance(init, str):
             return super().add_module(init, *args)
         new = self._tensors_of(init)
-        for layer, (w, b) in zip(self.layers, new):
-            for name, t in (("weight", w), ("bias", b)):
-                old = getattr(layer, name)
-                t = t.to(dtype=old.dtype, device=old.device)
-                setattr(layer, name, nn.Parameter(torch.cat([old.detach(), t[None]]), requires_grad=old.requires_grad))
+        for name, (mod, attr) in self._stacks().items():
+            old = getattr(mod, attr)
+            t = new[name].to(dtype=old.dtype, device=old.device)
+            setattr(mod, attr, nn.Parameter(torch.cat([old.detach(), t[None]]), requires_grad=old.requires_grad))
         return self.num_modules - 1
 
     # ---- properties ----------------------------------------------------------------------------
@@ -170,7 +176,10 @@ class ModularField(nn.Module):
 
     # ---- evaluation ----------------------------------------------------------------------------
     def _stacked(self, h: Tensor, select: Tensor | None = None) -> Tensor:
-        """The MLP on (A, M, d) inputs, batch a = module ``select[a]`` (all K in order when None)."""
+        """The MLP on (A, M, d) inputs, batch a = module ``select[a]`` (all K in order when None); a stacked
+        encoding (the hash grid's) is applied here, per module: the inputs are then coordinates."""
+        if self._encoding_params:
+            h = self.encoding(h, select)
         *hidden, last = self.layers
         for layer, (c, g) in zip(hidden, self._acts):
             w, b = layer.weight, layer.bias
@@ -186,7 +195,7 @@ class ModularField(nn.Module):
 
     def forward_all(self, x: Tensor) -> Tensor:
         """Every module on ``x``: (N, d) → (K, N, out) on the same points, or (K, N, d) → (K, N, out) per module."""
-        h = self.encoding(x)
+        h = x if self._encoding_params else self.encoding(x)  # a stacked encoding: per module, in _stacked
         if h.dim() == 2:
             h = h.expand(self.num_modules, *h.shape)
         return self._stacked(h)
@@ -203,7 +212,7 @@ class ModularField(nn.Module):
             return x.new_zeros(0, self.config.out_dim)
         if int(idx.min()) < 0 or int(idx.max()) >= K:
             raise MclnfError(f"module_index in [{int(idx.min())}, {int(idx.max())}]: the field has {K} modules")
-        h = self.encoding(x)
+        h = x if self._encoding_params else self.encoding(x)  # a stacked encoding: per module, in _stacked
         counts = torch.bincount(idx, minlength=K)
         active = counts.nonzero().squeeze(1)  # modules that receive points, ascending
         A, M = active.numel(), int(counts.max())

@@ -19,6 +19,7 @@ EMCL's importance-scaled rates) are :meth:`Learner.update` overrides around a re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -76,17 +77,24 @@ class OnlineOptions(OptionGroup):
     emcl_inner_lr: float = option(0.15, "emcl: inner learning rate β")
     emcl_lambda: float = option(10.0, "emcl: strength λ of the proximal pull towards θ₀")
     emcl_gamma: float = option(0.3, "emcl: proximal step γ")
-    emcl_eta: float = option(0.9, "emcl: moving-average rate η of the importance h")
+    emcl_eta: float = option(0.999, "emcl: moving-average rate η of the importance h (ours: the paper gives none)")
     emcl_r: float = option(1.0, "emcl: r of the meta learning rates α₀ r / ĥ")
     emcl_pgd: bool = option(True, "emcl ablation: a plain gradient step on the regularized inner loss", flag="emcl-no-pgd")
     emcl_reg: bool = option(True, "emcl ablation: no inner pull towards θ₀, the inner rate modulated by importance instead", flag="emcl-no-reg")
     emcl_importance: str = option("taylor", "emcl: importance |g ⊙ θ₀| (taylor) or |g ⊙ Δθ₀| (si, the EMCL-SI ablation)", choices=("taylor", "si"))
+    emcl_replay: str = option("inner", "emcl: replay in each inner step (inner), as inner steps (samples), only in Ω and meta-loss (meta), or none", choices=("inner", "samples", "meta", "none"))
+    emcl_meta_rate: str = option("inverse", "emcl: α = α₀r/ĥ (inverse), compounded α^j = (r/ĥ^j)α^{j-1} (compound), or α₀ min(1, r/ĥ) (bounded, ours)", choices=("inverse", "compound", "bounded"))
+    emcl_scale: str = option("mean", "emcl: importance as ĥ = h / mean(h) (mean) or raw h (raw)", choices=("mean", "raw"))
+    emcl_gradient_step: str = option("beta", "emcl: the inner gradient step's rate, β (Alg. 1 line 6) or γ (eq. 16)", choices=("beta", "gamma"))
+    emcl_meta_grad: str = option("closed-form", "emcl: meta-gradient λĥ(θ₀ − θ_k) (closed-form, eq. 10) or ∇L(θ_k) on the batch (lookahead, ours)", choices=("closed-form", "lookahead"))
 
     def check(self):
         check_non_negative(self, "memory_strength", "lamaml_alpha", "lamaml_lr", "emcl_lambda", "emcl_gamma")
         check_positive(self, "lamaml_clip", "emcl_lr", "emcl_inner_lr", "emcl_r")
         check_range(self, "emcl_eta", 0, 1)
-        check_choice(self, "emcl_importance", ("taylor", "si"))
+        for f in dataclasses.fields(OnlineOptions):
+            if choices := f.metadata["argparse"].get("choices"):
+                check_choice(self, f.name, choices)
 
 
 @dataclass(kw_only=True)

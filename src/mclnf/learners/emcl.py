@@ -4,16 +4,18 @@ used by the online classifier :class:`EMCL` here and by every field meta-method'
 (:class:`mclnf.learners.meta.EMCLClosedForm`).
 
 * importance (eq. 13, 7): h ← η h + (1 − η) Ω, Ω = |∂L/∂θ₀ ⊙ θ₀| (first-order Taylor term), used as
-  ĥ = h / mean(h) — our scaling: the paper does not give one;
-* inner step (eq. 21), a proximal step on L(θ) + (λ/2) Σ ĥ (θ − θ₀)²:
+  ĥ = h / mean(h) — our scaling: the paper gives none (nor η);
+* inner step (eq. 16, 17, 21), a proximal step on L(θ) + (λ/2) Σ ĥ (θ − θ₀)²:
   θ̂ = θ − β∇ℓ(θ),  θ ← (θ̂ + γλĥθ₀) / (1 + γλĥ);
 * meta-gradient (eq. 10): λĥ(θ₀ − θ_k), no second-order graph. The proximal iteration's fixed point
   minimizes L + (λγ/2β) Σ ĥ(θ − θ₀)², so this is the exact meta-gradient when γ = β and β/γ times it
   otherwise (tested);
-* meta step (eq. 8): θ₀ ← θ₀ − (α₀ r / ĥ) ⊙ meta-gradient.
+* meta step (eq. 8, Alg. 1 line 9): θ₀ ← θ₀ − α ⊙ meta-gradient, α = α₀ r / ĥ.
 
-Table IV's ablations (online learner): ``emcl_pgd=False`` — a plain gradient step on the regularized
-loss, θ ← θ − β(∇ℓ + λĥ(θ − θ₀)); ``emcl_reg=False`` — no pull towards θ₀, the inner rate modulated
+Every passage the text leaves open is an option (``emcl_*`` of :class:`~mclnf.learners.base.OnlineOptions`),
+its default the reading docs/cl-bench.md argues for, with the accuracy of each alternative there.
+Table IV's ablations: ``emcl_pgd=False`` — a plain gradient step on the regularized loss,
+θ ← θ − β(∇ℓ + λĥ(θ − θ₀)); ``emcl_reg=False`` — no pull towards θ₀, the inner rate modulated
 instead, θ ← θ − β∇ℓ / (1 + γλĥ); ``emcl_importance="si"`` — Ω = |∂L/∂θ₀ ⊙ Δθ₀|, Δθ₀ the last meta
 step (SI's path term).
 """
@@ -70,51 +72,103 @@ def meta_gradient(theta0: Tensor, theta_k: Tensor, h: Tensor, lam: float) -> Ten
 
 
 class EMCL(Functional, Replay):
-    """``emcl``: proximal inner loop towards θ₀, closed-form meta-gradient, importance-scaled meta rates."""
+    """``emcl``: proximal inner loop towards θ₀, closed-form meta-gradient, importance-scaled meta rates.
+
+    Per glance of a batch (incoming rows first, then the replayed ones):
+
+    1. Ω = |∂L/∂θ₀ ⊙ θ₀| on the batch at θ₀ (eq. 13); h ← η h + (1 − η) Ω (eq. 7); ĥ = h / mean(h);
+    2. inner pass from θ₀ (Alg. 1 lines 4–7), one proximal step (eq. 16, 17, 21) per element of the
+       inner sequence that ``emcl_replay`` chooses;
+    3. meta step θ₀ ← θ₀ − α ⊙ g (Alg. 1 line 9) with g = λĥ(θ₀ − θ_k) (eq. 10) — or, ``emcl_meta_grad
+       = "lookahead"`` (ours), g = ∇L(θ_k) on the batch, the value eq. 9 gives λĥ(θ₀ − θ_k) at the inner
+       minimizer — and α = α₀ r / ĥ (eq. 8 read without compounding) or, ``emcl_meta_rate =
+       "compound"``, α^j = (r / ĥ^j) α^{j−1} (eq. 8 as printed).
+    """
 
     name = "emcl"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.importance = Importance(self.opts.emcl_eta)
-        self.h_hat: list[Tensor] | None = None  # ĥ of the coming meta step
-        self.last_step: list[Tensor] | None = None
+        self.rates: list[Tensor] | None = None  # α of the coming meta step
+        self.compounded = RateState()  # α^{j−1} of the compounding reading
 
     def new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.model.parameters(), lr=1.0)  # on the gradient already scaled by α₀ r / ĥ
+        return torch.optim.SGD(self.model.parameters(), lr=1.0)  # on the gradient already scaled by α
+
+    def inner_rows(self, n: int, total: int) -> list[Tensor]:
+        """The inner pass's sequence of row sets (rows ≥ ``n`` are the replayed ones): ``inner`` — each
+        incoming sample with every replayed row; ``samples`` — every row alone, incoming and replayed
+        shuffled together (Alg. 1's b[κ] over a batch that holds the replay, as La-MAML's batch does);
+        ``meta`` and ``none`` — each incoming sample alone (Alg. 1 line 6 with b the incoming batch)."""
+        mode = self.opts.emcl_replay
+        if mode == "samples":
+            return list(self.shuffled(total).split(1))
+        replayed = torch.arange(n, total) if mode == "inner" else torch.arange(0)
+        return [torch.cat([torch.tensor([i]), replayed]) for i in self.shuffled(n).tolist()]
+
+    def meta_rates(self, h: list[Tensor]) -> list[Tensor]:
+        """α (eq. 8): α₀ r / ĥ, or compounded α^j = (r / ĥ^j) α^{j−1} from α⁰ = α₀."""
+        o = self.opts
+        if o.emcl_meta_rate == "inverse":
+            return [o.emcl_lr * o.emcl_r / hi.clamp_min(1e-12) for hi in h]
+        if o.emcl_meta_rate == "bounded":
+            return [o.emcl_lr * (o.emcl_r / hi.clamp_min(1e-12)).clamp_max(1) for hi in h]
+        previous = self.compounded.rates or [torch.full_like(hi, o.emcl_lr) for hi in h]
+        self.compounded.rates = [o.emcl_r / hi.clamp_min(1e-12) * a for a, hi in zip(previous, h)]
+        return previous  # Alg. 1 line 9 steps with α^j, line 8 having computed α^{j+1}
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """L(θ₀) of the batch, with the gradient λĥ(θ₀ − θ_k) (a surrogate: value and gradient are EMCL's)."""
+        """L(θ₀) of the batch, with the gradient g of the meta step (a surrogate: value and gradient are EMCL's)."""
         o = self.opts
+        n = min(o.batch_size, len(x))
+        if o.emcl_replay == "none":
+            x, y = x[:n], y[:n]
         names, theta0 = zip(*self.model.named_parameters())
         base = self.loss_at(dict(zip(names, theta0)), x, y)
         grads = torch.autograd.grad(base, theta0)
         with torch.no_grad():
-            ref = theta0 if o.emcl_importance == "taylor" or self.last_step is None else self.last_step
+            ref = theta0 if o.emcl_importance == "taylor" or self.rates is None else self.last_step
             self.importance.update([(g * r).abs() for g, r in zip(grads, ref)])
-            self.h_hat = h = self.importance.normalized()
-            steps = [inner_step(t0.detach(), hi, o.emcl_inner_lr, o.emcl_lambda, o.emcl_gamma, o.emcl_pgd, o.emcl_reg) for t0, hi in zip(theta0, h)]
-        fast, n = [t.detach() for t in theta0], min(o.batch_size, len(x))
-        replayed = torch.arange(n, len(x))
-        for i in self.shuffled(n).tolist():  # incoming sample i with the replayed rows
+            h = self.importance.normalized() if o.emcl_scale == "mean" else self.importance.h
+            step = o.emcl_inner_lr if o.emcl_gradient_step == "beta" else o.emcl_gamma
+            steps = [inner_step(t0.detach(), hi, step, o.emcl_lambda, o.emcl_gamma, o.emcl_pgd, o.emcl_reg) for t0, hi in zip(theta0, h)]
+        fast = [t.detach() for t in theta0]
+        for rows in self.inner_rows(n, len(x)):
             fast = [t.requires_grad_() for t in fast]
-            rows = torch.cat([torch.tensor([i]), replayed])
             g = torch.autograd.grad(self.loss_at(dict(zip(names, fast)), x[rows], y[rows]), fast)
             with torch.no_grad():
                 fast = [step(t, gi) for step, t, gi in zip(steps, fast, g)]
+        if o.emcl_meta_grad == "lookahead":
+            fast = [t.requires_grad_() for t in fast]
+            meta = list(torch.autograd.grad(self.loss_at(dict(zip(names, fast)), x, y), fast))
+        else:
+            meta = [meta_gradient(t0.detach(), t, hi, o.emcl_lambda) for hi, t0, t in zip(h, theta0, fast)]
         with torch.no_grad():
-            meta = [meta_gradient(t0, t, hi, o.emcl_lambda) for hi, t0, t in zip(h, theta0, fast)]
-            self.last_step = [o.emcl_lr * o.emcl_r * m / hi.clamp_min(1e-12) for m, hi in zip(meta, h)]  # the step about to be taken
+            self.rates = self.meta_rates(h)
+            self.last_step = [a * m for a, m in zip(self.rates, meta)]  # the step about to be taken (EMCL-SI's Δθ₀)
         return base.detach() + sum((m * (t0 - t0.detach())).sum() for m, t0 in zip(meta, theta0))
 
     @torch.no_grad()
     def update(self) -> None:
-        """θ₀ ← θ₀ − (α₀ r / ĥ) ⊙ g (eq. 8): SGD at rate 1 on the gradient scaled by α₀ r / ĥ."""
-        scale = self.opts.emcl_lr * self.opts.emcl_r
-        for p, h in zip(self.model.parameters(), self.h_hat):
+        """θ₀ ← θ₀ − α ⊙ g (Alg. 1 line 9): SGD at rate 1 on the gradient scaled by α."""
+        for p, a in zip(self.model.parameters(), self.rates):
             if p.grad is not None:
-                p.grad.mul_(scale).div_(h.clamp_min(1e-12))
+                p.grad.mul_(a)
         self.optimizer.step()
 
     def extra_state(self) -> dict:
-        return {**super().extra_state(), "importance": self.importance}
+        return {**super().extra_state(), "importance": self.importance, "compounded": self.compounded}
+
+
+class RateState:
+    """The compounding reading's α^{j−1} per parameter, as a ``state_dict`` holder."""
+
+    def __init__(self):
+        self.rates: list[Tensor] | None = None
+
+    def state_dict(self) -> dict:
+        return {"rates": self.rates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rates = state["rates"]

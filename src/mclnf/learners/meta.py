@@ -280,7 +280,7 @@ class OML(MetaMethod):
         depth = self.field_config.depth
         if self.opts.oml_fast_layers >= depth:
             raise MclnfError(f"--oml-fast-layers {self.opts.oml_fast_layers}: must be fewer than --depth {depth} (the representation keeps at least one layer)")
-        return [n for n in names if int(n.split(".")[1]) >= depth - self.opts.oml_fast_layers]
+        return [n for n in names if n.startswith("layers.") and int(n.split(".")[1]) >= depth - self.opts.oml_fast_layers]  # a hash grid's table: representation
 
     def inner_data(self, x, y, xa, ya, ma, idx, mask):
         return [(x[i], y[i], m) for i, m in zip(idx, mask)]  # the tasks in turn

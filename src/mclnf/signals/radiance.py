@@ -23,7 +23,11 @@ camera's image plane.
 Scene box (default): centred on the point nearest to every training camera's optical axis; its
 half-size (:func:`default_bound`) that of the ball about the centre every camera sees whole when
 they all look at it (lego: 1.37), else the cube that holds every sample of every training ray
-(``scene_bound`` sets it; NeRF-synthetic objects lie within 1.5).
+(``scene_bound`` sets it; NeRF-synthetic objects lie within 1.5); a nerfstudio/instant-ngp file's box when it
+gives one (``aabb_scale``, :mod:`mclnf.signals.nerfstudio`). The views of such files have their own cameras
+(intrinsics, distortion): their rays come from :func:`mclnf.signals.cameras.general_camera_rays`, and the
+layout keeps the held-out views' cameras (``cameras``) to render them; novel views (turntable, camera paths)
+use the pinhole of ``focal`` (the first view's fx) about the image centre.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from mclnf.errors import MclnfError
 from mclnf.io import atomic_path
 from mclnf.signals.base import Layout, Predict, Signal, predict_in_chunks
+from mclnf.signals.cameras import general_camera_rays
 from mclnf.signals.image import ssim
 from mclnf.signals.rays import box_segment, camera_rays, cell_borders, composite, ndc_rays, sample_pdf, stratified
 from mclnf.signals.scenes import average_pose, load_posed_images
@@ -72,6 +77,7 @@ class RadianceLayout(Layout):
     jitter: bool = True  # stratified depths drawn at random while training (False: strata centres always; deterministic)
     block_views: int = 0  # views per signal when a scene is cut into blocks of views (a meta-learning dataset); 0: a whole scene
     ndc: bool = False  # rays rendered in normalized device coordinates (forward-facing scenes; near 0, far 1, no box)
+    cameras: tuple[float, ...] = ()  # held-out views' own cameras (nerfstudio scenes), 10 numbers each: fx/W, fy/H, cx/W, cy/H, k1 k2 k3 k4 p1 p2; (): the pinhole of focal
 
     kind = "radiance"
     loss = "mse"
@@ -166,42 +172,43 @@ class RadianceLayout(Layout):
         psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
         return {"psnr": float(psnr.mean()), "ssim": ssim(p, t)}
 
-    def view_rays(self, poses: Tensor) -> list[Tensor]:
-        """The rays (H·W, 6) of each camera pose (V, 4, 4)."""
-        return [torch.cat(camera_rays(self.height, self.width, self.focal, pose), -1) for pose in poses]
+    def view_rays(self, poses: Tensor, cameras: tuple[float, ...] = ()) -> list[Tensor]:
+        """The rays (H·W, 6) of each camera pose (V, 4, 4): through the layout's pinhole, or each view's own camera of
+        ``cameras`` (:attr:`cameras`' form, scaled to the layout's H × W; :func:`mclnf.signals.cameras.general_camera_rays`)."""
+        if not cameras:
+            return [torch.cat(camera_rays(self.height, self.width, self.focal, pose), -1) for pose in poses]
+        size = torch.tensor([self.width, self.height, self.width, self.height], dtype=torch.float64)
+        cams = torch.tensor(cameras, dtype=torch.float64).reshape(-1, 10)
+        return [torch.cat(general_camera_rays(self.height, self.width, torch.cat([cam[:4] * size, cam[4:]]), pose), -1) for cam, pose in zip(cams, poses)]
 
-    def render_views(self, predict: Predict, poses: Tensor) -> Tensor:
-        """Images (V, H, W, C) that ``predict`` (rays → values: the field observed, or a learner's prediction) gives for camera poses (V, 4, 4)."""
-        return torch.stack([predict_in_chunks(predict, rays, self.chunk).reshape(self.height, self.width, -1) for rays in self.view_rays(poses)])
+    def render_views(self, predict: Predict, poses: Tensor, cameras: tuple[float, ...] = ()) -> Tensor:
+        """Images (V, H, W, C) that ``predict`` (rays → values: the field observed, or a learner's prediction) gives for camera poses (V, 4, 4)
+        (and their own ``cameras``, :meth:`view_rays`)."""
+        return torch.stack([predict_in_chunks(predict, rays, self.chunk).reshape(self.height, self.width, -1) for rays in self.view_rays(poses, cameras)])
 
     def reconstruct(self, predict: Predict) -> Tensor:
         """The held-out views (V, H, W, 3) as ``predict`` (rays → RGB) renders them."""
-        return self.render_views(predict, self.poses)
+        return self.render_views(predict, self.poses, self.cameras)
 
     def save(self, native: Tensor, path: Path) -> None:
         """One PNG: the rendered held-out views side by side, 8 a row."""
         iio.imwrite(path, tile([native]), extension=".png")
 
-    def depth_colors(self, depth: Tensor) -> Tensor:
-        """Depth maps (…, H, W) → RGB in [0, 1] (matplotlib's turbo over the box's depth range seen from the cameras,
-        NDC depth over [0, 1]; near is red)."""
-        from matplotlib import colormaps
-
-        dist = float((self.poses[:, :3, 3] - torch.tensor(self.center)).norm(dim=-1).mean())
-        lo, hi = max(self.near, dist - self.bound * math.sqrt(3)), min(self.far, dist + self.bound * math.sqrt(3))
+    def depth_range(self) -> tuple[float, float]:
+        """The depths a depth map is coloured over: the box's depth range seen from the held-out cameras (NDC: [0, 1])."""
         if self.ndc:
-            lo, hi = self.near, self.far
-        x = ((hi - depth) / max(hi - lo, 1e-9)).clamp(0, 1).cpu().numpy()
-        return torch.from_numpy(colormaps["turbo"](x)[..., :3]).float()
+            return self.near, self.far
+        dist = float((self.poses[:, :3, 3] - torch.tensor(self.center)).norm(dim=-1).mean())
+        return max(self.near, dist - self.bound * math.sqrt(3)), min(self.far, dist + self.bound * math.sqrt(3))
 
     def extra_outputs(self, field: Predict, signal: Signal, out: Path) -> list[str]:
-        """``views_vs_truth.png`` (held-out views: truth, rendering and depth map, band by band) and ``turntable.mp4``
+        """``views_vs_truth.png`` (held-out views: truth, rendering with its PSNR and depth map, band by band: :func:`plot_views`) and ``turntable.mp4``
         (a circle around the scene at the held-out cameras' mean distance and elevation)."""
         both = lambda rays: torch.cat([(r := self.render(field, rays, jitter=False))["rgb"], r["depth"][:, None]], -1)  # noqa: E731
-        views = self.render_views(both, self.poses)
+        views = self.render_views(both, self.poses, self.cameras)
         truth = self.as_views(signal.eval_values).permute(0, 2, 3, 1)
         with atomic_path(out / "views_vs_truth.png") as tmp:
-            iio.imwrite(tmp, tile([truth, views[..., :3], self.depth_colors(views[..., 3])]), extension=".png")
+            plot_views(truth, views[..., :3], views[..., 3], self.depth_range(), tmp, depth_unit="NDC" if self.ndc else "world units")
         path = (image_plane_circle if self.ndc else turntable_poses)(self, self.turntable_frames)
         frames = self.render_views(lambda rays: self.observe(field, rays), path)
         frames = (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
@@ -222,6 +229,43 @@ def tile(rows: list[Tensor], per_row: int = 8) -> np.ndarray:
             band[:, : W * len(chunk)] = chunk.permute(1, 0, 2, 3).reshape(H, -1, 3)
             bands.append(band)
     return (torch.cat(bands).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def plot_views(truth: Tensor, render: Tensor, depth: Tensor, depth_range: tuple[float, float], path: Path, per_row: int = 8, depth_unit: str = "world units") -> None:
+    """Held-out views (V, H, W, 3) as a labelled figure: bands of ≤ ``per_row`` views, each band's rows the ground
+    truth, the rendering (titled with its PSNR) and the depth map (V, H, W; turbo over ``depth_range``, near is red,
+    with a colour bar)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    V, H, W, _ = truth.shape
+    cols, bands = min(per_row, V), -(-V // per_row)
+    render = render.clamp(0, 1)
+    psnr = -10 * torch.log10(((render - truth) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-12))
+    side = min(3.0, max(1.6, W / 64))  # inches per view
+    fig = Figure(figsize=(side * cols * max(W / H, 0.5) + 1.6, side * 3 * bands + 0.6), layout="constrained")
+    axes = fig.subplots(3 * bands, cols, squeeze=False)
+    norm = Normalize(*depth_range)
+    for v in range(bands * cols):
+        band, col = divmod(v, cols)
+        column = [axes[3 * band + r][col] for r in range(3)]
+        for r, ax in enumerate(column):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(("truth", "render", "depth")[r], fontsize=10)
+            if v >= V:
+                ax.axis("off")
+        if v < V:
+            column[0].imshow(truth[v].numpy(), interpolation="nearest")
+            column[0].set_title(f"view {v + 1}", fontsize=9, pad=2)
+            column[1].imshow(render[v].numpy(), interpolation="nearest")
+            column[1].set_title(f"{float(psnr[v]):.2f} dB", fontsize=9, pad=2)
+            column[2].imshow(depth[v].numpy(), cmap="turbo_r", norm=norm, interpolation="nearest")
+    fig.colorbar(ScalarMappable(norm=norm, cmap="turbo_r"), ax=axes[:, -1].tolist(), label=f"depth ({depth_unit}; near is red)", shrink=0.8)
+    fig.suptitle(f"{V} held-out views: mean PSNR {float(psnr.mean()):.2f} dB", fontsize=11)
+    fig.savefig(path, dpi=120, format="png")
 
 
 def look_at(eye: Tensor, target: Tensor, up: Tensor) -> Tensor:
@@ -285,18 +329,11 @@ def default_bound(rays: Tensor, poses: Tensor, center: Tensor, focal: float, hei
     return every_sample
 
 
-def rays_of(images: Tensor, poses: Tensor, focal: float) -> tuple[Tensor, Tensor]:
-    """Rays (V·H·W, 6) and their pixels (V·H·W, 3) of views (V, H, W, 3) with poses (V, 4, 4)."""
-    V, H, W, _ = images.shape
-    rays = [torch.cat(camera_rays(H, W, focal, pose), -1) for pose in poses]
-    return torch.cat(rays), images.reshape(-1, 3)
-
-
 def load_radiance(
     path: str | Path, resize: int | None = None, holdout: int = 8, samples: int = 64, importance: int = 0,
     scene_bound: float | None = None, direction: str = "angles", factor: int | None = None, ndc: bool | None = None,
 ) -> Signal:  # fmt: skip
-    """A scene of posed images (``.npz``, NeRF-synthetic or LLFF folder; :mod:`mclnf.signals.scenes`) as a radiance signal.
+    """A scene of posed images (``.npz``, NeRF-synthetic, nerfstudio/instant-ngp or LLFF folder; :mod:`mclnf.signals.scenes`) as a radiance signal.
 
     ``factor`` reads an LLFF folder's ``images_{factor}/``; ``ndc`` renders in normalized device coordinates
     (default: for LLFF scenes; refused for the others, which are not forward-facing)."""
@@ -314,16 +351,17 @@ def load_radiance(
     ndc = scene.forward_facing if ndc is None else ndc
     V, H, W, _ = scene.images.shape
     train, test = scene.poses[scene.train], scene.poses[scene.test]
-    center = axes_center(train)
-    rays, pixels = rays_of(scene.images[scene.train], train, scene.focal)
-    eval_rays, eval_pixels = rays_of(scene.images[scene.test], test, scene.focal)
+    center = axes_center(train) if scene.center is None else torch.tensor(scene.center)  # a nerfstudio/instant-ngp file's box (aabb_scale), if it gives one
+    rays, pixels = scene.rays(scene.train)  # each view's own camera (nerfstudio scenes) or the pinhole of scene.focal
+    eval_rays, eval_pixels = scene.rays(scene.test)
     if scene_bound is None:
-        scene_bound = default_bound(rays, train, center, scene.focal, H, W, scene.near, scene.far)
+        scene_bound = scene.bound if scene.bound is not None else default_bound(rays, train, center, scene.focal, H, W, scene.near, scene.far)
+    cameras = () if scene.cameras is None else tuple(float(v) for v in (scene.cameras[scene.test] / torch.tensor([W, H, W, H, 1, 1, 1, 1, 1, 1.0], dtype=torch.float64)).reshape(-1))
     up = F.normalize(train[:, :3, 1].mean(0), dim=0)
     layout = RadianceLayout(
         height=H, width=W, focal=float(scene.focal), near=float(scene.near), far=float(scene.far),
         center=tuple(float(c) for c in center), bound=float(scene_bound), up=tuple(float(u) for u in up),
-        views=tuple(float(v) for v in test.reshape(-1)), samples=samples, importance=importance, direction=direction, ndc=ndc,
+        views=tuple(float(v) for v in test.reshape(-1)), samples=samples, importance=importance, direction=direction, ndc=ndc, cameras=cameras,
     )  # fmt: skip
     if ndc:  # NeRF's: t ∈ [0, 1] of the warped rays, the near plane to infinity
         layout = dataclasses.replace(layout, near=0.0, far=1.0)

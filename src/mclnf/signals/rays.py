@@ -14,12 +14,20 @@ exact and needs no cumulative product.
 Forward-facing scenes (LLFF) are rendered in normalized device coordinates (NeRF's appendix C, its
 ``ndc_rays``): :func:`ndc_rays` maps a ray of a camera looking along −z to a ray whose points lie in
 [-1, 1]³ (for a camera at the origin; about it for cameras near it) with depth t ∈ [0, 1] from the near plane (t = 0) to infinity (t = 1).
+
+Camera paths to render (``mclnf render --camera-path``) are read from JSON by :func:`read_camera_path`.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import torch
 from torch import Tensor
+
+from mclnf.errors import MclnfError
 
 
 def camera_rays(height: int, width: int, focal: float, c2w: Tensor) -> tuple[Tensor, Tensor]:
@@ -109,3 +117,52 @@ def sample_pdf(borders: Tensor, weights: Tensor, n: int, jitter: bool) -> Tensor
     c0, c1 = cdf.gather(-1, hi - 1), cdf.gather(-1, hi)
     b0, b1 = borders.gather(-1, hi - 1), borders.gather(-1, hi)
     return b0 + (u - c0) / (c1 - c0).clamp_min(1e-12) * (b1 - b0)
+
+
+# ---- camera paths --------------------------------------------------------------------------------
+CAMERA_PATH_FORMS = 'a list of 4×4 camera-to-world matrices or nerfstudio\'s {"camera_path": [{"camera_to_world": [16 numbers]}, …]}'
+
+
+def read_camera_path(path: str | Path, option: str = "--camera-path") -> Tensor:
+    """Camera-to-world poses (V, 4, 4) from a JSON file holding a list of 4 × 4 matrices (rows), or a nerfstudio
+    camera path, ``{"camera_path": [{"camera_to_world": [16 numbers, row-major]}, …]}`` (its other keys — fov,
+    render size — are not used: the run's camera renders). Both in the OpenGL convention of NeRF and nerfstudio
+    (camera x right, y up, looking along −z). Any problem is one error naming ``option`` and the file."""
+    where = f"{option} {path}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MclnfError(f"{where}: no such file (give orbit or a JSON file of camera poses)") from None
+    except OSError as e:
+        raise MclnfError(f"{where}: cannot read the file ({e.strerror or type(e).__name__})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MclnfError(f"{where}: not JSON ({str(e).splitlines()[0]})") from None
+    if isinstance(data, dict) and isinstance(data.get("camera_path"), list):
+        cameras = [camera_matrix(c.get("camera_to_world") if isinstance(c, dict) else None, k, where, flat=True) for k, c in enumerate(data["camera_path"])]
+    elif isinstance(data, list):
+        cameras = [camera_matrix(c, k, where) for k, c in enumerate(data)]
+    else:
+        raise MclnfError(f"{where}: expected {CAMERA_PATH_FORMS}")
+    if not cameras:
+        raise MclnfError(f"{where}: no cameras in the file")
+    return torch.stack(cameras)
+
+
+def camera_matrix(value, index: int, where: str, flat: bool = False) -> Tensor:
+    """Camera ``index`` of a camera path as a (4, 4) float32 tensor: from rows (``flat``: 16 numbers, row-major)."""
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if flat:
+        if not isinstance(value, list) or len(value) != 16:
+            got = f"{len(value)} numbers" if isinstance(value, list) else "no camera_to_world list"
+            raise MclnfError(f"{where}: camera {index} has {got}, not the 16 of a 4×4 camera-to-world matrix")
+        value = [value[4 * r : 4 * r + 4] for r in range(4)]
+    rows = value if isinstance(value, list) and all(isinstance(r, list) for r in value) else None
+    if rows is None or len(rows) != 4 or any(len(r) != 4 for r in rows):
+        shape = f"{len(rows)}×{'/'.join(sorted({str(len(r)) for r in rows}))}" if rows else "not a matrix"
+        raise MclnfError(f"{where}: camera {index} is {shape}, not a 4×4 camera-to-world matrix")
+    if not all(number(x) for r in rows for x in r):
+        raise MclnfError(f"{where}: camera {index} has entries that are not finite numbers")
+    return torch.tensor(rows, dtype=torch.float32)

@@ -1,8 +1,11 @@
-"""Posed images of one scene for radiance fields (NeRF): ``.npz`` files, NeRF-synthetic and LLFF folders.
+"""Posed images of one scene for radiance fields (NeRF): ``.npz`` files, NeRF-synthetic, nerfstudio/instant-ngp and LLFF folders.
 
 Every loader gives :class:`PosedImages`: RGB images in [0, 1] (an alpha channel is composited on white),
 camera-to-world poses in the OpenGL/NeRF convention (camera x right, y up, looking along -z), one focal
-length in pixels (square pixels, principal point at the image centre), near/far bounds and a split.
+length in pixels (square pixels, principal point at the image centre) — or, for nerfstudio/instant-ngp
+scenes, each view's own camera (focal lengths, principal point, lens distortion: :mod:`mclnf.signals.cameras`)
+— near/far bounds and a split. A folder's format is told by its files: ``transforms_train.json`` →
+NeRF-synthetic; else ``transforms.json`` → nerfstudio/instant-ngp; else ``poses_bounds.npy`` → LLFF.
 
 - ``.npz`` (``images_rgba`` (V, H, W, 4) or ``images`` (V, H, W, 3), ``poses`` (V, 4, 4) or (V, 3, 4),
   ``focal`` or ``camera_angle_x``, optional ``near``/``far``, 2 and 6 when absent): every ``holdout``-th
@@ -11,6 +14,10 @@ length in pixels (square pixels, principal point at the image centre), near/far 
   held-out views from ``transforms_test.json`` (``transforms_val.json`` without it); near 2, far 6;
   focal = 0.5·W / tan(0.5·camera_angle_x). Every frame's ``file_path`` must resolve (``..`` and symlinks
   followed) inside the scene folder; one that leads out of it is refused.
+- nerfstudio / instant-ngp folder (one ``transforms.json``): :mod:`mclnf.signals.nerfstudio` reads the file
+  (intrinsics, distortion, ``aabb_scale``, split, ``images_N/``; its docstring says whose convention each
+  follows); every view's rays come from its own camera (:meth:`PosedImages.view_rays`). All images must have
+  one size.
 - LLFF folder (``poses_bounds.npy`` and ``images/`` or ``images_N/``), read as NeRF's ``load_llff_data``
   reads it: the images of ``images_N/`` (``factor`` N; without it ``images/`` when present, else the
   ``images_N/`` of the smallest N) must be the file's full-resolution H×W divided by N (within a pixel,
@@ -23,12 +30,12 @@ length in pixels (square pixels, principal point at the image centre), near/far 
   (:func:`mclnf.signals.rays.ndc_rays`). NeRF's ``spherify`` and spiral render path are not done.
 
 ``resize`` scales the images so the longer side has that many pixels (bilinear, no antialiasing, after
-compositing) and the focal length by the same factor.
+compositing) and the focal length by the same factor (per-view cameras: fx, cx by the width's factor, fy,
+cy by the height's).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import zipfile
@@ -39,7 +46,10 @@ import numpy as np
 import torch
 
 from mclnf.errors import MclnfError
+from mclnf.signals.cameras import general_camera_rays, scale_cameras
 from mclnf.signals.image import SUFFIXES, composite_on_white, read_image, resize_longer_side
+from mclnf.signals.nerfstudio import is_transforms_folder, near_far, read_meta, read_transforms, resolve_cameras
+from mclnf.signals.rays import camera_rays
 
 BLENDER_NEAR, BLENDER_FAR = 2.0, 6.0  # the NeRF-synthetic convention
 LLFF_BD_FACTOR = 0.75  # NeRF's bd_factor: the nearest depth bound becomes 1 / 0.75 after scaling
@@ -58,6 +68,9 @@ class PosedImages:
     train: list[int]  # indices of training views
     test: list[int]  # indices of held-out views
     forward_facing: bool = False  # an LLFF capture (recentred; rendered in NDC by default)
+    cameras: torch.Tensor | None = None  # (V, 10) float64 each view's own camera (fx fy cx cy k1 k2 k3 k4 p1 p2), or None: the pinhole of ``focal``
+    center: tuple[float, float, float] | None = None  # the scene box the file gives (instant-ngp's aabb_scale), or None: the default box
+    bound: float | None = None
 
     @property
     def height(self) -> int:
@@ -67,21 +80,32 @@ class PosedImages:
     def width(self) -> int:
         return self.images.shape[2]
 
+    def view_rays(self, index: int) -> torch.Tensor:
+        """The rays (H·W, 6: origin, direction) through the pixel centres of view ``index``, row-major."""
+        if self.cameras is None:
+            return torch.cat(camera_rays(self.height, self.width, self.focal, self.poses[index]), -1)
+        return torch.cat(general_camera_rays(self.height, self.width, self.cameras[index], self.poses[index], f"{self.name}: view {index}"), -1)
+
+    def rays(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rays (V·H·W, 6) and their pixels (V·H·W, 3) of the views ``indices``."""
+        return torch.cat([self.view_rays(i) for i in indices]), self.images[indices].reshape(-1, 3)
+
 
 def is_scene(path: str | Path) -> bool:
-    """Whether ``path`` looks like a scene: a ``.npz`` file, or a folder holding ``transforms_train.json`` or ``poses_bounds.npy``."""
+    """Whether ``path`` looks like a scene: a ``.npz`` file, or a folder holding ``transforms_train.json``, ``transforms.json`` or ``poses_bounds.npy``."""
     p = Path(path)
     if p.is_file():
         return p.suffix.lower() == ".npz"
-    return p.is_dir() and ((p / "transforms_train.json").is_file() or (p / "poses_bounds.npy").is_file())
+    return p.is_dir() and any((p / name).is_file() for name in ("transforms_train.json", "transforms.json", "poses_bounds.npy"))
 
 
 def load_posed_images(path: str | Path, *, resize: int | None = None, holdout: int = 8, factor: int | None = None) -> PosedImages:
-    """Load a scene (``.npz``, NeRF-synthetic or LLFF folder, see the module docstring).
+    """Load a scene (``.npz``, NeRF-synthetic, nerfstudio/instant-ngp or LLFF folder, see the module docstring).
 
     ``resize`` (0 or None keeps the size) scales the longer side to that many pixels and the focal length
-    with it; ``holdout`` (≥ 2) picks every ``holdout``-th view for testing in ``.npz`` and LLFF scenes;
-    ``factor`` (LLFF only) reads ``images_{factor}/`` (1: ``images/``).
+    with it; ``holdout`` (≥ 2) picks every ``holdout``-th view for testing in ``.npz`` and LLFF scenes and
+    ``transforms.json`` files without a split; ``factor`` (LLFF, nerfstudio) reads ``images_{factor}/``
+    (1: ``images/`` for LLFF, the file paths as written for nerfstudio).
     """
     p = Path(path)
     if holdout < 2:
@@ -92,31 +116,41 @@ def load_posed_images(path: str | Path, *, resize: int | None = None, holdout: i
         raise MclnfError(f"--factor {factor}: must be a positive integer")
     if not p.exists():
         raise MclnfError(f"{p}: no such file or folder")
-    llff = p.is_dir() and not (p / "transforms_train.json").is_file() and (p / "poses_bounds.npy").is_file()
-    if factor is not None and not llff:
-        raise MclnfError(f"--factor {factor}: only LLFF folders (poses_bounds.npy with images_N/) have downscaled image folders; {p} is not one")
+    blender = p.is_dir() and (p / "transforms_train.json").is_file()
+    studio = not blender and is_transforms_folder(p)
+    llff = p.is_dir() and not blender and not studio and (p / "poses_bounds.npy").is_file()
+    if factor is not None and not (llff or studio):
+        raise MclnfError(f"--factor {factor}: only LLFF folders (poses_bounds.npy with images_N/) and nerfstudio folders (transforms.json with images_N/) "
+                         f"have downscaled image folders; {p} is neither")  # fmt: skip
+    cameras, box = None, (None, None)
     if p.is_dir():
-        if (p / "transforms_train.json").is_file():
+        if blender:
             images, poses, focal, near, far, train, test = _load_blender(p)
-        elif (p / "poses_bounds.npy").is_file():
+        elif studio:
+            images, poses, cameras, near, far, split, box = _load_transforms(p, factor)
+            focal = float(cameras[0, 0])
+            train, test = split or _holdout_split(p / "transforms.json", len(images), holdout)
+        elif llff:
             images, poses, focal, near, far = _load_llff(p, factor)
             train, test = _holdout_split(p, len(images), holdout)
         else:
-            raise MclnfError(f"{p}: not a scene folder (no transforms_train.json or poses_bounds.npy)")
+            raise MclnfError(f"{p}: not a scene folder (no transforms_train.json, transforms.json or poses_bounds.npy)")
     elif p.suffix.lower() == ".npz":
         images, poses, focal, near, far = _load_npz(p)
         train, test = _holdout_split(p, len(images), holdout)
     else:
-        raise MclnfError(f"{p}: unsupported scene format {p.suffix or '(no suffix)'}; expected a .npz file or a NeRF-synthetic/LLFF folder")
+        raise MclnfError(f"{p}: unsupported scene format {p.suffix or '(no suffix)'}; expected a .npz file or a NeRF-synthetic, nerfstudio or LLFF folder")
 
     _check_scene(p, images, poses, focal, near, far)
     images = composite_on_white(images)
     if images.shape[-1] == 1:
         images = images.expand(-1, -1, -1, 3)
     if resize:
-        old_w = images.shape[2]
+        old_h, old_w = images.shape[1:3]
         images = resize_longer_side(images, resize)
         focal *= images.shape[2] / old_w
+        if cameras is not None:
+            cameras = scale_cameras(cameras, images.shape[2] / old_w, images.shape[1] / old_h)
     return PosedImages(
         name=str(path),
         images=images.float().contiguous(),
@@ -127,6 +161,9 @@ def load_posed_images(path: str | Path, *, resize: int | None = None, holdout: i
         train=train,
         test=test,
         forward_facing=llff,
+        cameras=cameras,
+        center=box[0],
+        bound=box[1],
     )
 
 
@@ -228,18 +265,6 @@ def _read_views(p: Path, files: list[Path]) -> torch.Tensor:
     return torch.stack([_to_unit(f, pixels, "pixels") for f, pixels in views])
 
 
-def _read_json(f: Path) -> dict:
-    try:
-        meta = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise MclnfError(f"{f}: malformed JSON ({e})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise MclnfError(f"{f}: cannot read ({type(e).__name__}: {_first_line(e)})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
-        raise MclnfError(f"{f}: malformed transforms file: expected an object with a 'frames' list")
-    return meta
-
-
 def _inside(path: Path, folder: Path) -> bool:
     """Whether ``path`` resolves (``..`` and symlinks followed) to ``folder`` or somewhere below it."""
     return path.resolve().is_relative_to(folder.resolve())
@@ -252,9 +277,7 @@ def _load_blender(p: Path):
     files, matrices, angle = [], [], None
     counts = []
     for jf in (p / "transforms_train.json", held_out):
-        meta = _read_json(jf)
-        if not meta["frames"]:
-            raise MclnfError(f"{jf}: no frames")
+        meta = read_meta(jf)
         if angle is None:
             if "camera_angle_x" not in meta:
                 raise MclnfError(f"{jf}: missing key camera_angle_x")
@@ -283,6 +306,16 @@ def _load_blender(p: Path):
     focal = 0.5 * images.shape[2] / math.tan(0.5 * angle)
     train, test = list(range(counts[0])), list(range(counts[0], counts[0] + counts[1]))
     return images, poses, focal, BLENDER_NEAR, BLENDER_FAR, train, test
+
+
+def _load_transforms(p: Path, factor: int | None):
+    """A nerfstudio / instant-ngp folder (:mod:`mclnf.signals.nerfstudio`): images, poses, per-view cameras (V, 10), near, far, split, box."""
+    scene = read_transforms(p, factor)
+    images = _read_views(p, scene.files)
+    cameras = torch.from_numpy(resolve_cameras(scene, images.shape[1], images.shape[2]))
+    poses = _as_poses(scene.json, scene.poses)
+    near, far = near_far(scene.poses, scene.center, scene.bound)
+    return images, poses, cameras, near, far, scene.split, (scene.center, scene.bound)
 
 
 def _read_poses_bounds(f: Path) -> np.ndarray:

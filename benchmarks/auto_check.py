@@ -1,0 +1,52 @@
+"""``--optimizer auto`` against the default on a benchmark set: every image of ``kodak/`` (24) and ``div2k/`` (16)
+at 256² (the preconditioner paper's size), the default budget (2,000 steps of 512 pixels), seed 0, for every image
+activation where auto's choice differs from the default (:data:`mclnf.optim.auto.EXCEPTIONS`; elsewhere auto *is*
+the default). Prints one line per image and the count of images where auto ends more than 0.1 dB below.
+
+    OMP_NUM_THREADS=1 python benchmarks/auto_check.py [--data ../shared/data] [--out runs/auto-check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from mclnf.cli import main as cli
+from mclnf.optim.auto import EXCEPTIONS
+
+
+def psnr(out: Path, *args) -> float:
+    if not (out / "metrics.json").is_file():
+        code = cli(["fit", *map(str, args), "--resize", "256", "--quiet", "--out", str(out)])
+        if code != 0:
+            raise SystemExit(f"mclnf fit {' '.join(map(str, args))}: exit {code}")
+    return json.loads((out / "metrics.json").read_text())["final"]["psnr"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=Path("../shared/data"))
+    p.add_argument("--out", type=Path, default=Path("runs/auto-check"))
+    a = p.parse_args()
+    images = sorted((a.data / "kodak").glob("*.png")) + sorted((a.data / "div2k").glob("*.png"))
+    print(f"# --optimizer auto vs the default — {len(images)} images at 256², 2000 steps, seed 0; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    for (kind, activation), (optimizer, lr, _) in EXCEPTIONS.items():
+        if kind != "image":
+            continue
+        gains = []
+        for image in images:
+            name = f"{image.parent.name}-{image.stem}-{activation}"
+            default = psnr(a.out / f"{name}-default", image, "--activation", activation)
+            auto = psnr(a.out / f"{name}-auto", image, "--activation", activation, "--optimizer", "auto")
+            gains.append(auto - default)
+            print(f"{image.parent.name}/{image.name} {activation}: default {default:.2f} dB, auto ({optimizer} {lr:g}) {auto:.2f} dB, {auto - default:+.2f}", flush=True)
+        worse = sum(g < -0.1 for g in gains)
+        print(f"\n{activation}: auto − default median {statistics.median(gains):+.2f} dB, min {min(gains):+.2f}, max {max(gains):+.2f}; worse by > 0.1 dB on {worse} of {len(gains)}\n")
+
+
+if __name__ == "__main__":
+    main()
