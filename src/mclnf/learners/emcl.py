@@ -81,8 +81,8 @@ class EMCL(Functional, Replay):
        inner sequence that ``emcl_replay`` chooses;
     3. meta step θ₀ ← θ₀ − α ⊙ g (Alg. 1 line 9) with g = λĥ(θ₀ − θ_k) (eq. 10) — or, ``emcl_meta_grad
        = "lookahead"`` (ours), g = ∇L(θ_k) on the batch, the value eq. 9 gives λĥ(θ₀ − θ_k) at the inner
-       minimizer — and α = α₀ r / ĥ (eq. 8 read without compounding) or, ``emcl_meta_rate =
-       "compound"``, α^j = (r / ĥ^j) α^{j−1} (eq. 8 as printed).
+       minimizer — and α = α₀ r / ĥ (eq. 8 read without compounding), α^j = (r / ĥ^j) α^{j−1}
+       (``emcl_meta_rate = "compound"``, eq. 8 as printed) or α = α₀ min(1, r / ĥ) (``"bounded"``, ours).
     """
 
     name = "emcl"
@@ -91,6 +91,7 @@ class EMCL(Functional, Replay):
         super().__init__(*args, **kwargs)
         self.importance = Importance(self.opts.emcl_eta)
         self.rates: list[Tensor] | None = None  # α of the coming meta step
+        self.last_step: list[Tensor] | None = None  # α ⊙ g of that step (EMCL-SI's Δθ₀)
         self.compounded = RateState()  # α^{j−1} of the compounding reading
 
     def new_optimizer(self) -> torch.optim.Optimizer:
