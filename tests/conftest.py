@@ -46,3 +46,15 @@ def write_cifar(folder, train_per_class=2, test_per_class=1, seed=0):
         (folder / part).write_bytes(pickle.dumps(d, protocol=2).replace(b"numpy._core", b"numpy.core"))
         parts[part] = data, labels
     return parts
+
+
+def look_at_origin(eye) -> list[list[float]]:
+    """The camera-to-world pose (OpenGL: the camera looks down −z) of a camera at ``eye`` looking at the origin, z up."""
+    eye = np.asarray(eye, dtype=float)
+    back = eye / np.linalg.norm(eye)
+    right = np.cross([0.0, 0.0, 1.0], back)
+    right /= np.linalg.norm(right)
+    m = np.eye(4)
+    m[:3, :3] = np.stack([right, np.cross(back, right), back], 1)
+    m[:3, 3] = eye
+    return m.tolist()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from conftest import DATA, cli, one_line
+from conftest import DATA, cli, look_at_origin, one_line
 
 from mclnf.commands.export import grid_points, occupancy_mesh, radiance_density, radiance_mesh
 from mclnf.errors import MclnfError
@@ -55,15 +55,9 @@ def test_a_nerfstudio_scene_trains_and_exports(tmp_path, capsys):
     frames = []
     for k in range(4):
         a = 2 * math.pi * k / 4
-        eye = np.array([3 * math.cos(a), 3 * math.sin(a), 0.5])
-        back = eye / np.linalg.norm(eye)
-        right = np.cross([0.0, 0.0, 1.0], back)
-        right /= np.linalg.norm(right)
-        m = np.eye(4)
-        m[:3, :3] = np.stack([right, np.cross(back, right), back], 1)
-        m[:3, 3] = eye
+        m = look_at_origin([3 * math.cos(a), 3 * math.sin(a), 0.5])
         iio.imwrite(scene / "images" / f"{k}.jpg", rng.integers(0, 256, (8, 10, 3), dtype=np.uint8))
-        frames.append({"file_path": f"images/{k}", "transform_matrix": m.tolist()})
+        frames.append({"file_path": f"images/{k}", "transform_matrix": m})
     meta = {"fl_x": 9.0, "fl_y": 8.0, "cx": 4.5, "cy": 4.2, "w": 10, "h": 8, "k1": -0.05, "p2": 0.01, "aabb_scale": 1, "frames": frames}
     (scene / "transforms.json").write_text(json.dumps(meta))
     run = tmp_path / "run"

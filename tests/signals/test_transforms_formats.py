@@ -8,7 +8,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, cli, one_line
+from conftest import DATA, cli, look_at_origin, one_line
 
 from mclnf.errors import MclnfError
 from mclnf.signals import load_signal
@@ -21,17 +21,10 @@ CAM = {"fl_x": 10.0, "fl_y": 7.0, "cx": 3.2, "cy": 4.9, "w": 8, "h": 8}  # fl_x 
 DISTORTION = {"k1": -0.12, "k2": 0.03, "k3": -0.004, "k4": 0.001, "p1": 0.004, "p2": -0.003}
 
 
-def look_at_origin(k: int, n: int) -> list[list[float]]:
+def on_circle(k: int, n: int) -> list[list[float]]:
     """A camera-to-world pose (OpenGL) on a circle of radius 4 about the origin, looking at it."""
     a = 2 * math.pi * k / n
-    eye = np.array([4 * math.cos(a), 4 * math.sin(a), 1.0 + 0.1 * k])
-    back = eye / np.linalg.norm(eye)
-    right = np.cross([0.0, 0.0, 1.0], back)
-    right /= np.linalg.norm(right)
-    m = np.eye(4)
-    m[:3, :3] = np.stack([right, np.cross(back, right), back], 1)
-    m[:3, 3] = eye
-    return m.tolist()
+    return look_at_origin([4 * math.cos(a), 4 * math.sin(a), 1.0 + 0.1 * k])
 
 
 def write_scene(folder, n=3, size=(8, 8), meta=None, frames=None, ext=".png", names=None):
@@ -43,7 +36,7 @@ def write_scene(folder, n=3, size=(8, 8), meta=None, frames=None, ext=".png", na
         name = names[k] if names else f"images/frame_{k:05d}{ext}"
         target = folder / name if "." in name.rsplit("/", 1)[-1] else folder / (name + ".png")
         iio.imwrite(target, rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-        out.append({"file_path": name, "transform_matrix": look_at_origin(k, n), **((frames or {}).get(k, {}))})
+        out.append({"file_path": name, "transform_matrix": on_circle(k, n), **((frames or {}).get(k, {}))})
     (folder / "transforms.json").write_text(json.dumps({**(CAM if meta is None else meta), "frames": out}))
     return folder
 
@@ -102,7 +95,7 @@ def test_pinhole_rays_with_their_own_focal_lengths_and_principal_point(tmp_path)
 
 
 def test_a_centred_square_pinhole_is_the_nerf_camera(tmp_path):
-    pose = torch.tensor(look_at_origin(1, 3), dtype=torch.float32)
+    pose = torch.tensor(on_circle(1, 3), dtype=torch.float32)
     o1, d1 = general_camera_rays(6, 8, torch.tensor([9.0, 9.0, 4.0, 3.0, 0, 0, 0, 0, 0, 0]), pose)
     o2, d2 = camera_rays(6, 8, 9.0, pose)
     assert torch.allclose(d1, d2, atol=1e-6) and torch.equal(o1, o2)
