@@ -48,11 +48,8 @@ READINGS = [
 NOTE = "MNIST test set only: each task's training samples drawn from its first 8,000 digits, tested on the last 2,000 (the paper: 60,000 / 10,000)."
 
 
-def run(bench: str, method: str, seed: int, overrides: dict, label: str, tasks: int | None = None) -> dict:
-    b = load_benchmark(bench, None, seed)
-    if tasks is not None:
-        b.tasks[:] = b.tasks[:tasks]
-    r = run_one(b, method, method_options(bench, method, seed, overrides))
+def run(bench: str, method: str, seed: int, overrides: dict, label: str) -> dict:
+    r = run_one(load_benchmark(bench, None, seed), method, method_options(bench, method, seed, overrides))
     r["label"] = label
     r.pop("options")
     done = "diverged " + r["diverged"] if "diverged" in r else f"ACC {r['acc']:.2f}  BWT {r['bwt']:.2f}  mean R[j][j] {diagonal(r):.2f}  {r['train_s']:.1f} s"
