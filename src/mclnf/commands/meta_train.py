@@ -81,7 +81,11 @@ def meta_train(cfg: MetaTrainConfig) -> dict | None:
         prepare_out(out, cfg.resume, cfg.overwrite)
     cfg = dataclasses.replace(cfg, out=out)
     with Run(out, "meta-train", to_dict(cfg), cfg.resume, RESUMABLE) if rank == 0 else contextlib.nullcontext() as run:
-        return outer_loop(cfg, ds, method, rank, size, run)
+        record = outer_loop(cfg, ds, method, rank, size, run)
+    if size > 1:  # every process leaves together: a process exiting with gloo's threads alive may abort the others
+        dist.barrier()
+        dist.destroy_process_group()
+    return record
 
 
 def outer_loop(cfg: MetaTrainConfig, ds: MetaDataset, method, rank: int, size: int, run: Run | None = None) -> dict | None:
