@@ -104,9 +104,10 @@ def sparsity(args) -> None:
         run = out / "runs" / act
         for i, steps in enumerate(args.steps):
             t = time.perf_counter()
+            # fp32: the measured runs predate fit's bf16 default for sine + adam
             record = fit(FitConfig(
                 signal=str(image), out=run, activation=act, optimizer="adam", lr=lr, steps=steps, batch_size=512,
-                seed=0, resize=64, resume=i > 0, overwrite=i == 0, progress=False, **opts,
+                seed=0, resize=64, resume=i > 0, overwrite=i == 0, progress=False, precision="fp32", **opts,
             ))  # fmt: skip
             field, _ = load_field(run)
             rows = layer_sparsity(field, coords, values, args.probes, torch.Generator().manual_seed(steps))

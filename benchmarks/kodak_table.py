@@ -1,5 +1,6 @@
 """The Kodak table: every image of ``kodak/`` (24) fitted by each field (sine, gaussian, wavelet, relu-pe MLPs and the
-hash grid) at 256², the default budget (2,000 steps × 512 pixels, Adam at the field's default rate), seed 0.
+hash grid) at 256², the default budget (2,000 steps × 512 pixels, Adam at the field's default rate), seed 0, in fp32
+(docs/fields.md's table was measured before ``mclnf fit`` took bf16 by default for sine images; docs/precision.md).
 
 Printed per field: PSNR/SSIM mean ± std over the images at the fixed step budget, and PSNR at a fixed time budget —
 the PSNR of each run's last evaluation (every 100 steps) within ``--seconds`` of training (default: the fastest
@@ -29,7 +30,7 @@ FIELDS = {"sine": ["--activation", "sine"], "gaussian": ["--activation", "gaussi
 def fit(image: Path, field: str, out: Path) -> dict:
     """One run (a subprocess at one thread), or its metrics.json if it already ran."""
     if not (out / "metrics.json").is_file():
-        cmd = [sys.executable, "-m", "mclnf.cli", "fit", str(image), *FIELDS[field], "--resize", "256", "--eval-every", "100", "--quiet", "--out", str(out)]
+        cmd = [sys.executable, "-m", "mclnf.cli", "fit", str(image), *FIELDS[field], "--resize", "256", "--eval-every", "100", "--precision", "fp32", "--quiet", "--out", str(out)]
         if subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True).returncode != 0:
             raise SystemExit(f"{' '.join(cmd)}: failed")
     return json.loads((out / "metrics.json").read_text())

@@ -90,7 +90,7 @@ def main() -> None:
     plain = seconds(step(lambda: mse(f(x), y)), a.repeats) / 20
     rows = [("mse", plain)]
     for fisher in ("kfac-diag", "diagonal"):
-        rows.append((f"fim ({fisher})", seconds(step(lambda: fim_loss(f, f.out_dims, x, y, 1.0, fisher=fisher)), a.repeats) / 20))
+        rows.append((f"fim ({fisher})", seconds(step(lambda: fim_loss(f, x, y, 1.0, fisher=fisher)), a.repeats) / 20))
     print("| loss | ms/step | × mse |\n|---|---|---|")
     for name, t in rows:
         print(f"| {name} | {1000 * t:.2f} | {t / plain:.2f}× |")

@@ -1,6 +1,7 @@
 """NeRF fitting on lego: held-out PSNR against training minutes, and the training step's throughput.
 
     python benchmarks/nerf_fit.py quality     [--minutes 20] [--scene lego_100.npz] [--runs adam-gaussian esgd-gaussian adam-relu-pe]
+    python benchmarks/nerf_fit.py compare     [--minutes 30 | --steps N] [--scene lego_synthetic_400] [--eval-every 1000] [--run NAME:ARGS ...]
     python benchmarks/nerf_fit.py throughput  [--seconds 20]
 
 quality
@@ -12,6 +13,17 @@ quality
     (Adam 1e-3, L 8: the original NeRF's ReLU + positional encoding). Prints the held-out PSNR at every
     evaluation, the minutes to 22 dB, and the ratio of each run's time to reach Adam-gaussian's final
     PSNR to Adam-gaussian's own time; writes ``psnr_vs_minutes.png``.
+
+compare
+    Runs side by side, each the real ``mclnf fit`` CLI in its own process (``OMP_NUM_THREADS`` as given),
+    evaluated every ``--eval-every`` steps on the scene's held-out views (lego_synthetic_400, the NeRF-synthetic
+    protocol: 100 training views, PSNR/SSIM on its 25 test views at 400 × 400; LLFF: every 8th view), to a
+    time budget (stopped at the first evaluation after ``--minutes`` of training time — fit's clock; evaluations
+    are outside it) or to equal steps (``--steps``). Default runs, both with
+    128 samples a ray and a 64³ occupancy grid (``--occupancy-grid``): ``hashgrid`` (instant-ngp's 16-level
+    grid with a 2¹⁷ table per level, 2 × 64 ReLU head, Adam 1e-2) and ``relu-pe`` (NeRF's 4 × 128 ReLU + PE,
+    Adam 1e-3). Prints every evaluation, a table with the published references beside ours (vanilla NeRF
+    32.54 dB, days on a GPU; instant-ngp 36.39 dB at 5 min on an RTX 3090), and writes ``psnr_vs_minutes.png``.
 
 throughput
     One training step (render 1024 rays × 64 samples through the field, MSE, backward, Adam) of the
@@ -26,6 +38,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,17 +68,21 @@ RUNS = {
 
 def step_seconds(cfg: FitConfig, warmup: int = 100, timed: int = 20) -> float:
     """Median seconds of a training step of ``cfg`` after ``warmup`` steps (past ESGD's every-step
-    curvature warm-up of 50 steps; its later refresh every 100 steps is not counted), rays drawn at random."""
+    curvature warm-up of 50 steps; its later refresh every 100 steps is not counted), rays drawn at random, on
+    ``cfg.device`` (a GPU's queue drained before the clock stops)."""
     cfg = resolve(cfg, "radiance")
     signal = load_configured_signal(cfg)
     torch.manual_seed(0)
-    field = Field(cfg.field_config(signal))
+    field = Field(cfg.field_config(signal.layout)).to(cfg.device)
     opt = build_optimizer(cfg.optimizer, field, cfg.lr)
+    coords, values = signal.coords.to(cfg.device), signal.values.to(cfg.device)
     times = []
     for step in range(1, warmup + timed + 1):
-        idx = torch.randint(len(signal.coords), (cfg.batch_size,))
+        idx = torch.randint(len(coords), (cfg.batch_size,)).to(cfg.device)
         t0 = time.perf_counter()
-        train(opt, lambda x, y: mse(signal.layout.observe(field, x), y), lambda _: (signal.coords[idx], signal.values[idx]), step, start_step=step - 1, progress=False)
+        train(opt, lambda x, y: mse(signal.layout.observe(field, x), y), lambda _: (coords[idx], values[idx]), step, start_step=step - 1, progress=False)
+        if coords.is_cuda:
+            torch.cuda.synchronize(coords.device)
         times.append(time.perf_counter() - t0)
     return sorted(times[warmup:])[timed // 2]
 
@@ -103,7 +120,61 @@ def quality(args) -> None:
     (args.out / "summary.json").write_text(json.dumps({k: {"curve": v["curve"], "lr": v["lr"]} for k, v in records.items()}, indent=1))
 
 
-def plot(records: dict, path: Path) -> None:
+BUDGET_RUNS = {  # evaluations of the 25 held-out 400 × 400 views take minutes: about 6 in each run's 30 minutes
+    "hashgrid": "--encoding hashgrid --hash-table-size 17 --samples 128 --occupancy-grid 64 --eval-every 2500",
+    "relu-pe": "--activation relu-pe --samples 128 --occupancy-grid 64 --eval-every 6000",
+}
+REFERENCES = {  # published held-out PSNR of the scene, printed beside ours (by the scene folder's name)
+    "lego": "published: vanilla NeRF 32.54 dB (Mildenhall et al. 2020, days on a GPU); instant-ngp 36.39 dB at 5 min (Müller et al. 2022, RTX 3090)",
+    "fern": "published: vanilla NeRF 25.17 dB on fern (Mildenhall et al. 2020, NDC, 1008 × 756 — factor 4 — days on a GPU)",
+}
+
+
+def evaluations(out: Path) -> list[dict]:
+    """The evaluations a run has logged so far (``log.jsonl``)."""
+    path = out / "log.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("event") == "eval"]
+
+
+def compare(args) -> None:
+    """Each run in its own ``mclnf fit`` process, side by side, each stopped at its first evaluation past the time budget (or at ``--steps``)."""
+    runs = dict(r.split(":", 1) for r in args.run) if args.run else BUDGET_RUNS
+    minutes = float("inf") if args.steps else args.minutes
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min of training"
+    print(f"# {args.scene}: {budget} per run, evaluated every {args.eval_every} steps on the held-out views (unless a run sets --eval-every); "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} each, {len(runs)} runs side by side", flush=True)  # fmt: skip
+    procs = {}
+    for name, extra in runs.items():
+        out = args.out / name
+        cmd = [sys.executable, "-m", "mclnf", "fit", str(args.scene), "--steps", str(args.steps or 1000000), "--eval-every", str(args.eval_every),
+               "--out", str(out), "--overwrite", "--quiet", *extra.split()]  # fmt: skip  (a run's own options last: they override)
+        print(f"# {name}: {' '.join(cmd[2:])}", flush=True)
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(args.out / f"{name}.stderr", "w"))
+    curves: dict[str, list[dict]] = {}
+    while procs:
+        time.sleep(5)
+        for name in list(procs):
+            curve = evaluations(args.out / name)
+            past = [i for i, e in enumerate(curve) if e["time_s"] >= minutes * 60 or e["step"] == args.steps]  # its outputs are not waited for
+            curves[name], done = (curve[: past[0] + 1], True) if past else (curve, False)
+            if done or procs[name].poll() is not None:
+                procs.pop(name).kill()
+                for e in curves[name]:
+                    print(f"{name:>10}  step {e['step']:>6}  {e['time_s'] / 60:6.2f} min  held-out PSNR {e['psnr']:6.2f} dB  SSIM {e['ssim']:.4f}", flush=True)
+    print("\n| run | steps | training minutes | held-out PSNR (dB) | SSIM | minutes to 25 dB | minutes to 28 dB |\n|---|---|---|---|---|---|---|")
+    for name, curve in curves.items():
+        last = curve[-1] if curve else {"step": 0, "time_s": 0.0, "psnr": float("nan"), "ssim": float("nan")}
+        reach = [first_reach(curve, "psnr", v, "time_s") for v in (25.0, 28.0)]
+        print(f"| {name} | {last['step']} | {last['time_s'] / 60:.1f} | {last['psnr']:.2f} | {last['ssim']:.4f} | "
+              + " | ".join("not reached" if t is None else f"{t / 60:.1f}" for t in reach) + " |")  # fmt: skip
+    print(next((text for key, text in REFERENCES.items() if key in args.scene.name), "published: no reference for this scene"))
+    plot({k: {"curve": v} for k, v in curves.items()}, args.out / "psnr_vs_minutes.png", title=f"{args.scene.name}: held-out PSNR")
+
+
+def plot(records: dict, path: Path, title: str = "lego_100: NeRF fitting") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +184,7 @@ def plot(records: dict, path: Path) -> None:
     for name, rec in records.items():
         ax.plot([p["time_s"] / 60 for p in rec["curve"]], [p["psnr"] for p in rec["curve"]], marker=".", label=name)
     ax.axhline(22, color="gray", lw=0.5, ls="--")
-    ax.set(xlabel="training minutes (2 CPU cores)", ylabel="held-out PSNR (dB)", title="lego_100: NeRF fitting")
+    ax.set(xlabel=f"training minutes ({os.environ.get('OMP_NUM_THREADS', 'all')} CPU threads a run)", ylabel="held-out PSNR (dB)", title=title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -131,7 +202,7 @@ def throughput(args) -> None:
     print(f"{'variant':>10} {'ms/step':>9} {'rays/s':>9} {'GFLOP/s':>8} {'of peak':>8}")
     for variant in ("eager", "compiled"):
         torch.manual_seed(0)
-        field = Field(cfg.field_config(signal))
+        field = Field(cfg.field_config(signal.layout))
         model = torch.compile(field, dynamic=False) if variant == "compiled" else field
         opt = torch.optim.Adam(field.parameters(), lr=cfg.lr)
         g = torch.Generator().manual_seed(0)
@@ -156,11 +227,14 @@ def throughput(args) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("quality", "throughput"))
+    p.add_argument("what", choices=("quality", "compare", "throughput"))
     p.add_argument("--scene", type=Path, default=DATA / "nerf" / "lego_100.npz")
-    p.add_argument("--minutes", type=float, default=20.0, help="quality: training minutes per run")
+    p.add_argument("--minutes", type=float, default=20.0, help="quality, compare: training minutes per run")
     p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
     p.add_argument("--lr", nargs=2, action="append", metavar=("RUN", "LR"), default=[], help="quality: another learning rate for a run")
+    p.add_argument("--steps", type=int, help="compare: equal steps instead of a time budget")
+    p.add_argument("--eval-every", type=int, default=1000, help="compare: steps between evaluations")
+    p.add_argument("--run", action="append", metavar="NAME:ARGS", help="compare: a run's name and its mclnf fit options, e.g. 'ndc:--ndc' (default: hashgrid and relu-pe)")
     p.add_argument("--seconds", type=float, default=20.0, help="throughput: seconds per variant")
     p.add_argument("--out", type=Path, default=Path("/tmp/nerf_fit"))
     p.add_argument("--keep-denormals", action="store_true", help="do not flush subnormal floats to zero (the CLI does)")
@@ -169,7 +243,8 @@ def main(argv=None) -> None:
     keep_freed_memory()
     if not args.keep_denormals:
         flush_denormals()
-    quality(args) if args.what == "quality" else throughput(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    {"quality": quality, "compare": compare, "throughput": throughput}[args.what](args)
 
 
 if __name__ == "__main__":

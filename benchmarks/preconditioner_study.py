@@ -228,9 +228,10 @@ def image_study(args, log) -> None:
                     log(f"{act} {opt} {lr:g} seed {seed}: finished before, kept")
                     continue
                 log(f"{act} {opt} {lr:g} seed {seed}:")
+                # fp32 for every optimizer: fit's bf16 default for sine + adam would make the comparison unequal
                 base = FitConfig(
                     signal=str(image), out=run_out, activation=act, optimizer=opt, lr=lr, steps=args.steps,
-                    batch_size=args.batch or 512, width=256, depth=5, seed=seed, resize=256, **FIELD_OPTIONS[act],
+                    batch_size=args.batch or 512, width=256, depth=5, seed=seed, resize=256, precision="fp32", **FIELD_OPTIONS[act],
                 )  # fmt: skip
                 run_chain(base, fixed_ends(args.steps, args.eval_every), log)
     records = [r for r in records_with_study(out / "runs") if r["activation"] in activations and r["steps"] == args.steps]

@@ -6,15 +6,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mclnf.cli import main
 
 DATA = Path(os.environ.get("MCLNF_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+TEST_DEVICES = [d.strip() for d in os.environ.get("MCLNF_TEST_DEVICE", "cpu,cuda").split(",") if d.strip()]  # benchmarks/gpu_check.py: cuda alone
 
 
 def pytest_configure(config):
     if not (DATA / "README.md").is_file():
         raise pytest.UsageError(f"the test data pack is missing: {DATA} (put ../shared beside the repository or set MCLNF_DATA)")
+
+
+@pytest.fixture(params=TEST_DEVICES)
+def device(request) -> str:
+    """The ``--device`` a device-parametrized test runs on: ``cpu`` always, ``cuda`` only where ``torch.cuda.is_available()``
+    (skipped elsewhere: no test needs a GPU to pass). ``$MCLNF_TEST_DEVICE`` (comma-separated) picks the devices."""
+    if request.param.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"--device {request.param}: this machine has no CUDA device")
+    return request.param
 
 
 def cli(*args) -> int:

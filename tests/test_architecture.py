@@ -16,7 +16,7 @@ ROOT = Path(mclnf.__file__).parent
 LAYERS = {  # a module may import from its own layer and the ones below
     "errors": 0, "io": 0, "options": 0, "sampling": 0, "runtime": 0, "resources": 0,
     "signals": 1, "fields": 2, "losses": 3, "optim": 3, "learners": 4, "tracking": 5, "train": 5, "eval": 5,
-    "config": 6, "runs": 7, "commands": 8, "cli": 9, "api": 9, "__main__": 10,
+    "stacked": 5, "config": 6, "runs": 7, "commands": 8, "cli": 9, "api": 9, "__main__": 10,
     "__init__": 10,  # the package's face: the API's names, imported on first use (every module's `from mclnf import __version__` is not an edge)
 }  # fmt: skip
 
@@ -72,7 +72,7 @@ def test_no_import_circles():
 def test_no_command_imports_another():
     graph = imports()
     commands = {m for m in graph if m.startswith("mclnf.commands.")}
-    assert len(commands) == 7
+    assert len(commands) == 8
     assert not [(m, d) for m in commands for d in graph[m] if d in commands]
 
 
@@ -92,4 +92,4 @@ def test_every_cli_name_resolves_through_the_registry():
     for table in (learners.CONTINUAL_LEARNERS, learners.ONLINE_LEARNERS):
         assert all(issubclass(c, learners.Learner) for c in table.values())
     assert all(issubclass(c, learners.MetaMethod) and c.name == n for n, c in learners.META_METHODS.items())
-    assert set(COMMANDS) == {"fit", "continual", "render", "export", "meta-train", "meta-test", "cl-bench"}
+    assert set(COMMANDS) == {"fit", "fit-many", "continual", "render", "export", "meta-train", "meta-test", "cl-bench"}

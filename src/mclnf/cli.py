@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mclnf.commands import cl_bench, continual, export, fit, meta_test, meta_train, render
-from mclnf.config import BenchConfig, BenchOverrides, ContinualConfig, FitConfig, MetaTestConfig, MetaTrainConfig
+from mclnf.commands import cl_bench, continual, export, fit, fit_many, meta_test, meta_train, render
+from mclnf.config import BenchConfig, BenchOverrides, ContinualConfig, FitConfig, FitManyConfig, MetaTestConfig, MetaTrainConfig
 from mclnf.errors import DivergedError, MclnfError
 from mclnf.eval.tables import comparison_table
 from mclnf.options import add_options, from_args, read_options
@@ -46,6 +46,11 @@ class Command:
 
 def run_fit(a) -> str:
     return fit.summary(fit.fit(from_args(FitConfig, a)))
+
+
+def run_fit_many(a) -> str:
+    record = fit_many.fit_many(from_args(FitManyConfig, a))
+    return "" if record is None else fit_many.summary(record)
 
 
 def run_continual(a) -> str:
@@ -91,6 +96,16 @@ COMMANDS = {
         "curve.png, field.safetensors, checkpoint.pt and config.yaml to --out.",
         ("mclnf fit camera --steps 5000 --out runs/camera", "mclnf fit ../shared/data/audio/gt_counting.wav", "mclnf fit bikes.mp4 --frames 16 --resize 256",
          "mclnf fit bunny.obj --activation gaussian --sigma 0.09", "mclnf fit ../shared/data/nerf/lego_100.npz --optimizer esgd"), run_fit,
+    ),  # fmt: skip
+    "fit-many": Command(
+        FitManyConfig, "fit a field to every signal of a folder, many fields per training step (batched with vmap)",
+        "Fit one field to every signal of FOLDER (images, audio clips or videos of one size after --resize/--crop/--duration/--frames), "
+        "--signals-per-batch fields stacked into each training step with torch.func.vmap; each is the field mclnf fit with the same options fits. "
+        "Writes a folder per signal (field.safetensors, reconstruction, metrics.json) and summary.csv to --out, and prints the summary; "
+        "--resume skips the signals done. Under torchrun --nproc_per_node=N the processes share the folder.",
+        ("mclnf fit-many ../shared/data/faces_utk --resize 64 --width 64 --depth 3 --steps 500 --out runs/faces",
+         "mclnf fit-many ../shared/data/librispeech_clips --duration 2",
+         "torchrun --nproc_per_node=2 -m mclnf fit-many ../shared/data/faces_utk --resize 64 --out runs/faces"), run_fit_many,
     ),  # fmt: skip
     "continual": Command(
         ContinualConfig, "learn a signal that arrives as a sequence of tasks",

@@ -23,9 +23,11 @@ from mclnf.learners.meta import MetaOptions
 from mclnf.optim import OPTIMIZERS, default_lr
 from mclnf.optim.auto import choose_optimizer
 from mclnf.options import OptionGroup, check_positive, check_positive_int, check_seed, flag_name, option
-from mclnf.runtime import check_device
+from mclnf.runtime import PRECISIONS, check_device, check_precision, native_bf16
 from mclnf.signals import Layout, Signal, load_signal, signal_kind
 from mclnf.signals.classification import BENCHMARKS
+from mclnf.signals.occupancy_grid import check_resolution
+from mclnf.stacked import STACKABLE
 
 DEFAULTS = {"activation": "sine", "width": 256, "depth": 5, "batch_size": 512}  # of options left unset, unless the kind's say otherwise
 KIND_DEFAULTS = {  # per-kind defaults of options left unset
@@ -48,6 +50,12 @@ SIGNAL_OPTIONS = {  # the loader options that apply to each kind
     "radiance": ("resize", "holdout", "samples", "importance", "scene_bound", "direction", "factor", "ndc"),
 }
 FIELD_OPTIONS = ("width", "depth", "activation", "omega0", "first_omega0", "sigma", "s0", "pe_frequencies", "encoding", *HASH_OPTIONS)
+PRECISION_HELP = ("arithmetic of the training steps: fp32, or mixed precision — bf16, or fp16 (cuda only; loss scaling) — matrix products under torch.autocast, "
+                  "with parameters, optimizer state, loss, metrics and curvature estimates in float32 (docs/precision.md)")  # fmt: skip
+# mclnf fit's default precision by (kind, activation, optimizer), no encoding, where bf16 is native (runtime.native_bf16): the fastest that costs ≤ 0.3 dB
+# at fit's default budget (benchmarks/fit_throughput.py --fit, docs/precision.md): sine images −0.19 to +0.01 dB in bf16 (camera, 4 Kodak images) at 1.6× the
+# step rate; bf16 cost 1.3–2.0 dB for gaussian, wavelet and hash-grid images and 7 dB for audio, and was no faster for relu-pe: those stay fp32
+PRECISION_DEFAULTS = {("image", "sine", "adam"): "bf16"}
 META_TASK_BATCH = {"radiance": 256}  # rays of each task per outer step: a scene block's tasks hold thousands
 
 
@@ -237,6 +245,17 @@ class DeviceOptions(OptionGroup):
         check_device(self.device)
 
 
+@dataclass(kw_only=True)
+class PrecisionOptions(OptionGroup):
+    """precision"""
+
+    precision: str = option("fp32", PRECISION_HELP, choices=PRECISIONS)
+
+    def check(self):
+        if self.precision is not None:  # fit's None: the kind's (resolve)
+            check_precision(self.precision, getattr(self, "device", "cpu"))
+
+
 # ---- the commands' configs -----------------------------------------------------------------------
 @dataclass(kw_only=True)
 class SignalArgument(OptionGroup):
@@ -247,15 +266,23 @@ class SignalArgument(OptionGroup):
 
 
 @dataclass(kw_only=True)
-class FitConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, DeviceOptions, RunOptions, EvaluationOptions, TrackingOptions):
+class FitConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, DeviceOptions, PrecisionOptions, RunOptions, EvaluationOptions, TrackingOptions):
     """fit"""
     optimizer: str = option("adam", "optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's); auto: adam at its default rate unless measurements on held-out "
                             "images show another wins (relu-pe images: adam 1e-3), says why, and restarts with adam if that choice blows up early", choices=(*OPTIMIZERS, "auto"))  # fmt: skip
+    occupancy_grid: int | None = option(None, "scene: skip the samples in empty cells of an R³ occupancy grid of the field's density, refreshed every 16 steps "
+                                        "(nerfacc's; R 64 or 128 suits an object; default: off)", metavar="R")  # fmt: skip
+    precision: str | None = option(None, PRECISION_HELP + " (default: bf16 for images with the sine field, no encoding, adam, where bf16 is native — cuda, or a CPU with "
+                                   "AVX512-BF16 or AMX: measured −0.2 dB at the default budget, 1.6x faster steps; fp32 otherwise; --resume: the run's)", choices=PRECISIONS)  # fmt: skip
     compile: bool = option(False, "torch.compile the training step's field (about 30 s to compile; ≈15 %% faster steps at batch 4096 on CPU)")
+
+    def check(self):
+        if self.occupancy_grid is not None:
+            check_resolution(self.occupancy_grid)
 
 
 @dataclass(kw_only=True)
-class ContinualConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, DeviceOptions, RunOptions, StreamOptions, StrategyOptions,
+class ContinualConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, DeviceOptions, PrecisionOptions, RunOptions, StreamOptions, StrategyOptions,
                       EvaluationOptions, TrackingOptions):  # fmt: skip
     """continual"""
 
@@ -264,12 +291,16 @@ class ContinualConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions,
 
 
 @dataclass(kw_only=True)
-class MetaTrainConfig(DatasetOptions, FieldOptions, LoaderOptions, SceneOptions, MetaOptions, OuterOptions, DeviceOptions, RunOptions, TrackingOptions):
+class MetaTrainConfig(DatasetOptions, FieldOptions, LoaderOptions, SceneOptions, MetaOptions, OuterOptions, DeviceOptions, PrecisionOptions, RunOptions, TrackingOptions):
     """meta-train"""
+
+    def check(self):
+        if self.precision == "fp16":  # bf16 has float32's exponent range: no loss scaling needed
+            raise MclnfError("--precision fp16: not for meta-train (the inner loop's gradients would need loss scaling too); use bf16 or fp32")
 
 
 @dataclass(kw_only=True)
-class MetaTestConfig(DeviceOptions, RunOptions, TrackingOptions):
+class MetaTestConfig(DeviceOptions, PrecisionOptions, RunOptions, TrackingOptions):
     """meta-test"""
 
     paths: list[str] = option(dataclasses.MISSING, "meta-train run folders, then the dataset they were meta-trained on", positional=True, metavar="RUN [RUN ...] DATASET", nargs="+")
@@ -342,6 +373,28 @@ class BenchOverrides(StrategyOptions, OnlineOptions):
     lr: float | None = option(None, "SGD learning rate (sgd, er, ewc, gem, agem, mer; default 0.03)")
 
 
+@dataclass(kw_only=True)
+class FolderArgument(OptionGroup):
+    """signals"""
+
+    folder: str = option(dataclasses.MISSING, "a folder of signals of one kind and, after the loader options, one size: images (PNG/JPEG/TIFF), "
+                         "audio clips (WAV/FLAC/OGG) or videos (MP4/GIF); its subfolders are not read", positional=True)  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class FitManyConfig(FolderArgument, FieldOptions, LoaderOptions, OptimOptions, DeviceOptions, PrecisionOptions, RunOptions):
+    """fit-many"""
+
+    optimizer: str = option("adam", "optimizer; element-wise ones only: over the stacked parameters one is exactly one per field", choices=STACKABLE)
+    precision: str | None = option(None, "arithmetic of the training steps, as mclnf fit's --precision (default: mclnf fit's for the folder's kind and field)",
+                                   choices=PRECISIONS)  # fmt: skip
+    signals_per_batch: int | None = option(None, "fields stacked into one training step (torch.func.vmap) (default: as many as memory takes; "
+                                           "on the CPU no more than keep a layer's activations of the stack within 4 MiB)")  # fmt: skip
+
+    def check(self):
+        check_positive_int(self, "signals_per_batch")
+
+
 # ---- kind defaults -------------------------------------------------------------------------------
 def resolve_field(cfg, kind: str):
     """``cfg`` with unset field options (and batch size, if it has one) at the kind's defaults, after
@@ -365,6 +418,8 @@ def resolve(cfg, kind: str):
     for name in {o for opts in SIGNAL_OPTIONS.values() for o in opts} - set(SIGNAL_OPTIONS[kind]):
         if getattr(cfg, name) not in (None, False):
             raise MclnfError(f"{flag_name(name)}: does not apply to {kind} signals ({cfg.signal})")
+    if getattr(cfg, "occupancy_grid", None) is not None and kind != "radiance":
+        raise MclnfError(f"--occupancy-grid: does not apply to {kind} signals ({cfg.signal})")
     cfg = dataclasses.replace(cfg, **{k: v for k, v in KIND_DEFAULTS.get(kind, {}).items() if k in SIGNAL_OPTIONS[kind] and getattr(cfg, k) is None})
     if cfg.optimizer == "auto":
         name, lr, _ = choose_optimizer(kind, cfg.activation)
@@ -374,7 +429,16 @@ def resolve(cfg, kind: str):
         raise MclnfError("--optimizer shampoo: does not fit --encoding hashgrid (a Kronecker factor per table dimension: (entries)² numbers)")
     if cfg.lr is None:  # explicit, so that --resume --lr <the default> is the same run
         cfg = dataclasses.replace(cfg, lr=ENCODING_LR.get((cfg.encoding, cfg.optimizer), KIND_LR.get((kind, cfg.optimizer), default_lr(cfg.optimizer))))
+    if getattr(cfg, "precision", "fp32") is None:  # fit's: the measured default (PRECISION_DEFAULTS)
+        cfg = dataclasses.replace(cfg, precision=default_precision(kind, cfg))
     return cfg
+
+
+def default_precision(kind: str, cfg) -> str:
+    """``mclnf fit``'s precision for a ``kind`` signal when ``--precision`` is not given: :data:`PRECISION_DEFAULTS` for fields
+    without an encoding, where the device multiplies bfloat16 natively (:func:`~mclnf.runtime.native_bf16`); else fp32."""
+    name = PRECISION_DEFAULTS.get((kind, cfg.activation, cfg.optimizer), "fp32") if cfg.encoding == "none" else "fp32"
+    return name if name == "fp32" or native_bf16(cfg.device) else "fp32"
 
 
 def resolve_meta(cfg: MetaTrainConfig, kind: str) -> MetaTrainConfig:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mclnf import __version__
-from mclnf.config import BenchConfig, ContinualConfig, FitConfig, MetaTestConfig, MetaTrainConfig, RunOptions
+from mclnf.config import BenchConfig, ContinualConfig, FitConfig, FitManyConfig, MetaTestConfig, MetaTrainConfig, RunOptions
 from mclnf.errors import MclnfError
 from mclnf.fields import Field, FieldConfig
 from mclnf.io import RECORDERS, atomic_path, is_temporary, write_text
@@ -36,7 +36,7 @@ from mclnf.tracking import LOG, TENSORBOARD, JsonLines, Sink, TensorBoard, Track
 RUN_RECORD = "run.json"
 REPLAY = "config.yaml"
 NOT_REPLAYED = tuple(f.name for f in dataclasses.fields(RunOptions))  # where and how a run is written, not what it computes
-CONFIGS = {"fit": FitConfig, "continual": ContinualConfig, "meta-train": MetaTrainConfig, "meta-test": MetaTestConfig, "cl-bench": BenchConfig}
+CONFIGS = {"fit": FitConfig, "fit-many": FitManyConfig, "continual": ContinualConfig, "meta-train": MetaTrainConfig, "meta-test": MetaTestConfig, "cl-bench": BenchConfig}
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> Path:
@@ -138,6 +138,13 @@ class Run:
             if rel not in self.files:
                 self.files.add(rel)
                 self.save()
+
+    def expect(self, files: list[Path], dirs: list[Path] = ()) -> None:
+        """Add ``files`` and ``dirs`` in the run folder to the manifest at once, before they are written: the outputs
+        that other processes of the run write (``torchrun``), which this one's :meth:`written` does not see."""
+        self.files |= {str(Path(p).resolve().relative_to(self.root)) for p in files}
+        self.dirs |= {str(Path(d).resolve().relative_to(self.root)) for d in dirs}
+        self.save()
 
     def mkdir(self, path: Path) -> Path:
         """Create the folder ``path`` inside the run folder, as the run's."""
@@ -258,7 +265,8 @@ def load_init(path: Path) -> MetaRun:
         raise MclnfError(f"{path}: no init.safetensors (not a meta-train run folder)")
 
     def build(theta, meta):
-        cfg = MetaTrainConfig(**{**meta["config"], "crop": None if meta["config"]["crop"] is None else tuple(meta["config"]["crop"])})
+        crop = None if meta["config"]["crop"] is None else tuple(meta["config"]["crop"])
+        cfg = MetaTrainConfig(**{**meta["config"], "crop": crop, "device": "cpu"})  # θ₀ trained on a GPU loads on any machine: readers have their own --device
         return theta, cfg, Layout.from_dict(meta["layout"]), FieldConfig.from_dict(meta["field"]), meta["test_files"]
 
     theta, cfg, layout, field_cfg, test_files = read_tensors(file, "an initialization written by mclnf meta-train (of this version)", build)

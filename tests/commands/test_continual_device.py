@@ -1,9 +1,11 @@
 """``mclnf continual --device``: the one device check (a device this machine lacks: one line, exit status 2, nothing
-written), a run on ``--device cpu`` that is stopped and resumed to an uninterrupted run's result, checkpoints of CPU
-tensors that a run on another device resumes from, and a log of plain floats."""
+written), a run on each test device (``cpu``; ``cuda`` where there is one) that is stopped and resumed to an
+uninterrupted run's result, checkpoints of CPU tensors that a run on another device resumes from (a CPU checkpoint
+resumed on CUDA and back), and a log of plain floats."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import DATA, cli, one_line
@@ -40,24 +42,47 @@ def interrupt_after_tasks(monkeypatch, done: int) -> None:
 
 
 @pytest.mark.parametrize("learner", ["er", "ewc", "mer"])  # learners with state beyond the model: a buffer, a penalty, Reptile's weights
-def test_cpu_runs_stops_and_resumes_to_an_uninterrupted_run(learner, tmp_path, monkeypatch, capsys):
+def test_runs_stops_and_resumes_to_an_uninterrupted_run(learner, device, tmp_path, monkeypatch, capsys):
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert cli("continual", FACE, *SMALL, "--learner", learner, "--device", "cpu", "--out", whole) == 0
+    assert cli("continual", FACE, *SMALL, "--learner", learner, "--device", device, "--out", whole) == 0
     interrupt_after_tasks(monkeypatch, 2)
-    assert cli("continual", FACE, *SMALL, "--learner", learner, "--device", "cpu", "--out", stopped) == 130
+    assert cli("continual", FACE, *SMALL, "--learner", learner, "--device", device, "--out", stopped) == 130
     monkeypatch.undo()
     ck = torch.load(stopped / "checkpoint.pt", weights_only=True)
-    assert len(ck["rows"]) == 2 and ck["config"]["device"] == "cpu"
-    # a run started on a GPU machine resumes here: --device may change on --resume
+    assert len(ck["rows"]) == 2 and ck["config"]["device"] == device
+    assert all(t.device.type == "cpu" for t in tensors(ck["learner"]))  # loads on any machine
+    # a run started on another machine resumes here: --device may change on --resume
     record = json.loads((stopped / "run.json").read_text())
-    record["config"]["device"] = "cuda"
+    record["config"]["device"] = "cuda" if device == "cpu" else "cpu"
     (stopped / "run.json").write_text(json.dumps(record))
     capsys.readouterr()
-    assert cli("continual", FACE, *SMALL, "--learner", learner, "--device", "cpu", "--out", stopped, "--resume") == 0
+    assert cli("continual", FACE, *SMALL, "--learner", learner, "--device", device, "--out", stopped, "--resume") == 0
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, stopped))
     assert a["R"] == b["R"] and a["final"] == b["final"] and len(a["R"]) == 4
     evals = [r for r in read_log(stopped) if r["event"] == "eval"]
     assert len(evals) == 4 and all(isinstance(v, float) or v is None for r in evals for k, v in r.items() if k not in ("event", "step", "task"))
+
+
+def test_a_cpu_checkpoint_resumes_on_the_device_and_back(device, tmp_path, monkeypatch):
+    """Task 1 on the CPU, task 2 on ``device`` from the CPU run's checkpoint, tasks 3–4 on the CPU again from the
+    device's: the uninterrupted CPU run's result — exactly where ``device`` is the CPU, to float32 rounding on CUDA
+    (the batches and replay draws come from CPU generators, so only the arithmetic differs)."""
+    whole, moved = tmp_path / "whole", tmp_path / "moved"
+    args = ("continual", FACE, *SMALL, "--learner", "er", "--lr", "3e-3", "--out")  # PSNR rises by 2–3 dB a task
+    assert cli(*args, whole, "--device", "cpu") == 0
+    for stage, (on, resume) in enumerate((("cpu", ()), (device, ("--resume",)))):
+        interrupt_after_tasks(monkeypatch, 1)
+        assert cli(*args, moved, "--device", on, *resume) == 130
+        monkeypatch.undo()
+        ck = torch.load(moved / "checkpoint.pt", weights_only=True)
+        assert len(ck["rows"]) == stage + 1 and ck["config"]["device"] == on
+    assert cli(*args, moved, "--device", "cpu", "--resume") == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, moved))
+    assert len(b["R"]) == 4 and json.loads((moved / "run.json").read_text())["config"]["device"] == "cpu"
+    if device == "cpu":
+        assert a["R"] == b["R"] and a["final"] == b["final"]
+    else:
+        assert np.allclose(np.array(a["R"], dtype=float), np.array(b["R"], dtype=float), rtol=0, atol=0.01), (a["R"], b["R"])  # dB
 
 
 def tensors(state):

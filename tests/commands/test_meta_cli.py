@@ -1,13 +1,11 @@
-"""``mclnf meta-train`` / ``meta-test`` end to end on images, audio and video; resume after a kill;
-two torch.distributed processes against one; user errors (exit 2, one line) and divergence."""
+"""``mclnf meta-train`` / ``meta-test`` end to end on images, audio and video; resume after a kill; user errors (exit 2,
+one line) and divergence. Under torch.distributed (``torchrun``): test_meta_distributed.py."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -102,21 +100,6 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_result(tmp_path):
     a, b = load_file(full / "init.safetensors"), load_file(cut / "init.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((cut / "meta_train.json").read_text())["curve"] == json.loads((full / "meta_train.json").read_text())["curve"][:0] + json.loads((cut / "meta_train.json").read_text())["curve"]
-
-
-def test_two_processes_match_one(tmp_path):
-    args = ("meta-train", "lfw_subset", "--method", "mcl-nf", "--width", "16", "--depth", "3", "--meta-batch", "4", "--outer-steps", "3", "--quiet")
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert cli(*args, "--out", one) == 0
-    torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "mclnf", *args, "--out", str(two)], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    a, b = load_file(one / "init.safetensors"), load_file(two / "init.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    assert not torch.equal(a["layers.0.weight"], load_file(one / "init.safetensors")["layers.0.weight"] * 0)
-    assert json.loads((two / "meta_train.json").read_text())["processes"] == 2
 
 
 def test_user_errors(tmp_path, capsys):

@@ -1,4 +1,6 @@
-"""Each activation's initialization has the statistics its paper states."""
+"""Each activation's initialization has the statistics its paper states; the fused activations (one
+autograd node each) equal the plain expressions in value and in derivatives of every order, in plain
+autograd and under torch.func (float64: gradcheck, gradgradcheck, forward mode, vmap, grad of grad)."""
 
 import math
 
@@ -6,9 +8,14 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from torch.autograd import gradcheck, gradgradcheck
+from torch.func import functional_call, grad, jacrev, jvp, vmap
 
 from mclnf.errors import MclnfError
 from mclnf.fields import Field, FieldConfig, PositionalEncoding
+from mclnf.fields.activations import FoldedActivation, Gaussian, RealGabor, Sine, floored_exp
+from mclnf.learners import MetaOptions, meta_method
+from mclnf.signals.datasets import load_dataset
 
 
 def test_default_field_has_the_papers_parameter_count():
@@ -111,3 +118,142 @@ def test_config_defaults_and_unused_options():
 def test_bad_config_is_rejected(kwargs, match):
     with pytest.raises(MclnfError, match=match):
         FieldConfig(2, 3, **kwargs)
+
+
+# ---- fused activations ---------------------------------------------------------------------------
+FOLDED = {"sine": lambda: Sine(30.0), "gaussian": lambda: Gaussian(0.05), "wavelet": lambda: RealGabor(10.0, 10.0)}
+
+
+def fused(act: FoldedActivation, on: bool = True) -> FoldedActivation:
+    act.fuse = on  # on the instance: the class default stays as measured
+    return act
+
+
+def preactivations(n=40, seed=0):
+    """Scaled pre-activations u over the range the activations see, tails included (exp(−u²) near 0)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, 6, generator=g, dtype=torch.float64) * 1.7).requires_grad_()
+
+
+def test_fused_where_measured_faster():
+    """benchmarks/activations.py: the fused node is faster for gaussian and wavelet fields, not for sine."""
+    assert (Sine.fuse, Gaussian.fuse, RealGabor.fuse) == (False, True, True)
+
+
+@pytest.mark.parametrize("name", list(FOLDED))
+def test_fused_equals_the_plain_expression_with_its_gradients(name):
+    act = fused(FOLDED[name]())
+    u = preactivations()
+    y = act.folded(u)
+    assert "Eager" in type(y.grad_fn).__name__  # one node, the plain-autograd Function
+    torch.testing.assert_close(y, act.expression(u), rtol=1e-14, atol=1e-15)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, u, g)[0], torch.autograd.grad(act.expression(u), u, g)[0], rtol=1e-13, atol=1e-14)
+    h = torch.randn_like(y)  # second order: d/du ⟨g, g'(u)⟩ ⋅ h
+    second = [torch.autograd.grad(torch.autograd.grad(f(u), u, g, create_graph=True)[0], u, h)[0] for f in (act.folded, act.expression)]
+    torch.testing.assert_close(second[0], second[1], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", list(FOLDED))
+def test_fused_passes_gradcheck_gradgradcheck_and_forward_mode(name):
+    act = fused(FOLDED[name]())
+    u = preactivations(8, seed=1)
+    assert gradcheck(act.folded, (u,))
+    assert gradgradcheck(act.folded, (u,))
+    assert gradcheck(act.folded, (u,), check_forward_ad=True, check_backward_ad=False, check_undefined_grad=False)
+
+
+@pytest.mark.parametrize("name", list(FOLDED))
+def test_fused_under_torch_func(name):
+    """vmap of grad, the Hessian (jacrev of jacrev) and jvp: the torch.func Function equals the expression."""
+    act = fused(FOLDED[name]())
+    u = preactivations(5, seed=2).detach()
+    f = lambda f_u: lambda v: f_u(v).sin().sum()  # noqa: E731  (a scalar function with a non-trivial outer derivative)
+    for transform in (lambda h: vmap(grad(h)), lambda h: vmap(jacrev(jacrev(h)))):
+        torch.testing.assert_close(transform(f(act.folded))(u), transform(f(act.expression))(u), rtol=1e-12, atol=1e-13)
+    t = torch.randn_like(u)
+    torch.testing.assert_close(jvp(act.folded, (u,), (t,))[1], jvp(act.expression, (u,), (t,))[1], rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(jvp(grad(f(act.folded)), (u[0],), (t[0],))[1], jvp(grad(f(act.expression)), (u[0],), (t[0],))[1], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", list(FOLDED))
+def test_without_a_gradient_the_fused_forward_alone_equals_the_expression(name):
+    """Inference (no_grad, or nothing requiring a gradient) runs the fused forward without a node; plain
+    forward-mode AD through it (dual tensors) gives the expression's tangent."""
+    act = fused(FOLDED[name]())
+    u = preactivations().detach() * 4  # far tails too: exp's argument below its floor
+    with torch.no_grad():
+        y = act.folded(u.requires_grad_())
+    assert y.grad_fn is None
+    torch.testing.assert_close(y, act.expression(u.detach()), rtol=1e-14, atol=1e-15)
+    t = torch.randn_like(u)
+    with torch.autograd.forward_ad.dual_level():
+        tangents = [torch.autograd.forward_ad.unpack_dual(f(torch.autograd.forward_ad.make_dual(u.detach(), t))).tangent for f in (act.folded, act.expression)]
+    torch.testing.assert_close(tangents[0], tangents[1], rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_of_arguments_below_its_floor_is_exactly_zero(dtype):
+    """floored_exp: torch's CPU exp is slow near and below log(tiny); arguments there are clamped and their
+    results set to 0 — a change below 3.3e−38 (6.1e−308), exact elsewhere, derivative 0 there."""
+    t = torch.tensor([0.0, -1.0, -80.0, -86.0, -86.4, -87.0, -120.0, -700.0, -707.0, -708.0, -1e4], dtype=dtype, requires_grad=True)
+    y = floored_exp(t)
+    tiny = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).tiny
+    torch.testing.assert_close(y, torch.exp(t), rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=3 * tiny)
+    assert bool((y[torch.exp(t) < tiny] == 0).all()) and bool((y[torch.exp(t) > 3 * tiny] > 0).all())
+    (g,) = torch.autograd.grad(y.sum(), t)
+    torch.testing.assert_close(g, torch.where(y > 0, y, 0), rtol=0, atol=0)
+    torch.testing.assert_close(floored_exp(t.detach().clone(), inplace=True), y.detach(), rtol=0, atol=0)
+
+
+def field_pair(activation, **kw):
+    """The same field (float64) with the fused activations on and off."""
+    torch.manual_seed(0)
+    f = Field(FieldConfig(2, 3, width=12, depth=4, activation=activation, **kw)).double()
+    return f, {"on": True, "off": False}
+
+
+def set_fuse(field, on):
+    for act in (field.first_activation, field.activation):
+        fused(act, on)
+
+
+@pytest.mark.parametrize("activation", ["sine", "gaussian", "wavelet"])
+def test_fields_with_fused_activations_match_plain_fields_to_second_order(activation):
+    """A whole field: outputs, parameter gradients and Hessian-vector products (what ESGD/AdaHessian take)
+    with the fused activations equal the plain ones; the same through functional_call + vmap + grad, and
+    for stacked fields (vmap inside, plain autograd outside)."""
+    field, _ = field_pair(activation, omega0=3.0 if activation != "gaussian" else None, sigma=0.5 if activation == "gaussian" else None)
+    x, y = torch.rand(30, 2, dtype=torch.float64) * 2 - 1, torch.rand(30, 3, dtype=torch.float64)
+    params = list(field.parameters())
+    v = [torch.randn_like(p) for p in params]
+    results = {}
+    for on in (True, False):
+        set_fuse(field, on)
+        out = field(x)
+        g = torch.autograd.grad((out - y).square().mean(), params, create_graph=True)
+        hv = torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g, v)), params)
+        stacked = {k: torch.stack([p.detach(), 0.9 * p.detach()]) for k, p in field.named_parameters()}
+        vg = vmap(grad(lambda p: (functional_call(field, p, (x,)) - y).square().mean()))(stacked)
+        leaves = {k: v.clone().requires_grad_() for k, v in stacked.items()}  # stacked fields (fit-many): vmap inside, autograd outside
+        sg = torch.autograd.grad((vmap(lambda p: functional_call(field, p, (x,)))(leaves) - y).square().sum(), list(leaves.values()))
+        results[on] = [out, *g, *hv, *vg.values(), *sg]
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("activation", ["gaussian", "wavelet"])
+def test_maml_second_order_meta_gradient_with_fused_activations(activation):
+    """MAML's meta-gradient (vmapped torch.func inner steps, outer autograd through them) is the same with the
+    fused activations as with the plain expressions (real 6 × 6 faces, float64)."""
+    ds = load_dataset("lfw_subset", {"resize": 6})
+    values = ds.values("train")[:2].double()
+    grads = {}
+    for on in (True, False):
+        m = meta_method(ds.layout, FieldConfig(2, 1, width=8, depth=3, activation=activation, sigma=0.5 if activation == "gaussian" else None,
+                                               omega0=3.0 if activation == "wavelet" else None), MetaOptions(method="mol", inner_steps=2, inner_lr=0.05))  # fmt: skip
+        m.template.double()
+        set_fuse(m.template, on)
+        theta = {k: v.double().requires_grad_() for k, v in m.init_params(0).items()}
+        grads[on] = torch.cat([g.reshape(-1) for g in torch.autograd.grad(m.objective(theta, values, 2)[0], list(theta.values()))])
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-10, atol=1e-13)

@@ -179,6 +179,12 @@ def test_inputs_are_clamped_to_the_box_and_extra_coordinates_pass_through():
     torch.testing.assert_close(enc(outside), enc(torch.cat([x[:, :3].sign(), x[:, 3:]], 1)), atol=0, rtol=0)
 
 
+
+def test_no_points_give_no_features():  # an occupancy grid's chunk of empty space
+    enc = encoding(dim=5)
+    assert enc(torch.zeros(0, 5)).shape == (0, enc.out_dim)
+
+
 # ---- gradients ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_gradients_match_finite_differences(d):

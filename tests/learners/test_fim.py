@@ -1,4 +1,10 @@
-"""The FIM loss: weights against brute-force per-sample gradients (float64), its gradient, masking."""
+"""The FIM loss: weights against brute-force per-sample gradients (float64), its gradient, masking.
+
+Its gradient is formed from one backward pass's errors, (c ⊙ δ)ᵀ a with c = w / Σw; every test of it
+here compares against the formulation it replaced (weights from one backward, the gradient from a
+second, :func:`reference_fim_loss`), against brute-force per-sample gradients Σ_n c_n ∇ℓ_n, or against
+finite differences of the loss with its weights held fixed — first and second derivatives, in plain
+autograd and under ``torch.func`` (vmap, grad of grad, MAML's second-order meta-gradient)."""
 
 import pytest
 import torch
@@ -6,7 +12,10 @@ from torch.func import functional_call, grad, vmap
 
 from mclnf.errors import MclnfError
 from mclnf.fields import Field, FieldConfig
+from mclnf.learners import MetaOptions
+from mclnf.learners.meta import MCLNFFIM
 from mclnf.losses import PER_SAMPLE, fim_loss, fim_weights
+from mclnf.signals.datasets import load_dataset
 
 
 @pytest.fixture
@@ -27,7 +36,7 @@ def per_sample_grads(field, x, y, loss="mse"):
 
 
 def errors_and_inputs(field, x, y, loss="mse"):
-    taps = [torch.zeros(len(x), d, dtype=x.dtype, requires_grad=True) for d in field.out_dims]
+    taps = [layer.bias.detach().expand(len(x), -1).requires_grad_() for layer in field.layers]  # per-sample biases
     pred, inputs = field(x, taps)
     deltas = torch.autograd.grad(PER_SAMPLE[loss](pred, y).sum(), taps)
     return inputs, deltas
@@ -75,25 +84,25 @@ def test_fim_loss_gradient_is_the_weighted_gradient_with_weights_held_fixed(tiny
     w = fim_weights(inputs, deltas, lam=1.5).detach()
     params = list(field.parameters())
     want = torch.autograd.grad((w * PER_SAMPLE["mse"](field(x), y)).sum() / w.sum(), params)
-    got = torch.autograd.grad(fim_loss(field, field.out_dims, x, y, lam=1.5), params)
+    got = torch.autograd.grad(fim_loss(field, x, y, lam=1.5), params)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
-    assert float(fim_loss(field, field.out_dims, x, y, lam=0.0)) == pytest.approx(float(PER_SAMPLE["mse"](field(x), y).mean()), rel=1e-12)
+    assert float(fim_loss(field, x, y, lam=0.0)) == pytest.approx(float(PER_SAMPLE["mse"](field(x), y).mean()), rel=1e-12)
 
 
 def test_masked_samples_change_nothing(tiny):
     field, x, y = tiny
-    real = fim_loss(field, field.out_dims, x[:30], y[:30], lam=1.0)
+    real = fim_loss(field, x[:30], y[:30], lam=1.0)
     padded_y = torch.cat([y[:30], torch.full((10, 3), 50.0, dtype=y.dtype)])  # garbage in the padding
     mask = torch.cat([torch.ones(30), torch.zeros(10)]).double()
-    padded = fim_loss(field, field.out_dims, x, padded_y, lam=1.0, mask=mask)
+    padded = fim_loss(field, x, padded_y, lam=1.0, mask=mask)
     assert float(padded) == pytest.approx(float(real), rel=1e-12)
 
 
 def test_fim_loss_works_inside_vmap_and_grad(tiny):
     field, x, y = tiny
     params = {k: v.detach() for k, v in field.named_parameters()}
-    f = lambda p, yy: fim_loss(lambda xx, taps: functional_call(field, p, (xx,), {"taps": taps}), field.out_dims, x, yy, lam=1.0)  # noqa: E731
+    f = lambda p, yy: fim_loss(field, x, yy, lam=1.0, params=p)  # noqa: E731
     ys = torch.stack([y, y.flip(0)])
     batched = vmap(grad(f), in_dims=(None, 0))(params, ys)
     for i in range(2):
@@ -104,3 +113,208 @@ def test_fim_loss_works_inside_vmap_and_grad(tiny):
 def test_unknown_fisher_is_named():
     with pytest.raises(MclnfError, match="--fisher kfac: unknown"):
         fim_weights([torch.zeros(2, 2)], [torch.zeros(2, 2)], 1.0, fisher="kfac")
+
+
+# ---- the one-backward gradient against the formulation it replaced --------------------------------
+def fixed_weights(field, x, y, lam, loss="mse", fisher="kfac-diag", mask=None, params=None, observe=None):
+    """w of :func:`fim_weights` at the current parameters, detached (the loss holds them constant), masked."""
+    p = {k: v.detach() for k, v in (params or dict(field.named_parameters())).items()}
+    inputs = []
+
+    def evaluate(points, taps):
+        out, layer_inputs = functional_call(field, p, (points,), {"taps": taps})
+        inputs.extend(layer_inputs)
+        return out
+
+    group = 1 if observe is None else observe.group
+    taps = [p[f"layers.{i}.bias"].expand(len(x) * group, -1) for i in range(len(field.layers))]
+
+    def losses(taps):  # a vjp, as the previous formulation took it: works inside torch.func transforms
+        pred = evaluate(x, taps) if observe is None else observe(lambda q: evaluate(q, taps), x)
+        return PER_SAMPLE[loss](pred, y)
+
+    ell, backprop = torch.func.vjp(losses, taps)
+    deltas = backprop(torch.ones_like(ell))[0]
+    w = fim_weights(inputs, deltas, lam, fisher, mask=mask, group=group).detach()
+    return w if mask is None else w * mask
+
+
+def weighted_loss(field, x, y, w, loss="mse", params=None, observe=None):
+    """Σ_n w_n ℓ_n / Σ_n w_n with ``w`` given: its autograd gradient is the previous formulation's second backward."""
+    f = field if params is None else (lambda q: functional_call(field, params, (q,)))
+    pred = f(x) if observe is None else observe(f, x)
+    return (w * PER_SAMPLE[loss](pred, y)).sum() / w.sum()
+
+
+def reference_fim_loss(field, x, y, lam, loss="mse", fisher="kfac-diag", mask=None, params=None, observe=None):
+    """The formulation the FIM loss had before: weights from one backward, the loss's gradient from autograd
+    (a second backward through the whole network)."""
+    w = fixed_weights(field, x, y, lam, loss, fisher, mask, params, observe)
+    return weighted_loss(field, x, y, w, loss, params, observe)
+
+
+def flat(gs):
+    return torch.cat([g.reshape(-1) for g in gs])
+
+
+@pytest.mark.parametrize("fisher", ["kfac-diag", "diagonal"])
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_one_backward_gradient_is_the_weighted_sum_of_per_sample_gradients(tiny, fisher, loss, masked):
+    """∇ FIM = Σ_n c_n ∇ℓ_n, c = w / Σw: brute-force per-sample gradients (vmap of grad), float64."""
+    field, x, y = tiny
+    y = (y > 0.5).double() if loss == "bce" else y
+    mask = torch.cat([torch.ones(30), torch.zeros(10)]).double() if masked else None
+    w = fixed_weights(field, x, y, 0.8, loss, fisher, mask)
+    c = w / w.sum()
+    params = {k: v.detach() for k, v in field.named_parameters()}
+    one = lambda p, xi, yi: PER_SAMPLE[loss](functional_call(field, p, (xi[None],)), yi[None])[0]  # noqa: E731
+    per = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+    want = [torch.einsum("n,n...->...", c, per[k]) for k, _ in field.named_parameters()]
+    loss_value = fim_loss(field, x, y, 0.8, loss, fisher, mask=mask)
+    got = torch.autograd.grad(loss_value, list(field.parameters()))
+    torch.testing.assert_close(flat(got), flat(want), rtol=1e-10, atol=1e-14)
+    old = reference_fim_loss(field, x, y, 0.8, loss, fisher, mask)
+    torch.testing.assert_close(flat(got), flat(torch.autograd.grad(old, list(field.parameters()))), rtol=1e-10, atol=1e-14)
+    assert float(loss_value) == pytest.approx(float(old), rel=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["sine", "gaussian", "wavelet", "relu", "relu-pe"])
+def test_gradient_matches_finite_differences_of_the_loss_with_weights_held_fixed(activation):
+    """Every activation (folded constants, positional encoding): the gradient along a random direction
+    equals the central difference of Σ w ℓ / Σ w at fixed w (float64, ε = 1e-6)."""
+    torch.manual_seed(1)
+    field = Field(FieldConfig(2, 3, width=9, depth=4, activation=activation, omega0=3.0 if activation != "gaussian" else None)).double()
+    x, y = torch.rand(25, 2, dtype=torch.float64) * 2 - 1, torch.rand(25, 3, dtype=torch.float64)
+    params = dict(field.named_parameters())
+    w = fixed_weights(field, x, y, 1.3)
+    v = {k: torch.randn_like(p) for k, p in params.items()}
+    eps = 1e-6
+    at = lambda s: float(weighted_loss(field, x, y, w, params={k: p.detach() + s * v[k] for k, p in params.items()}))  # noqa: E731
+    fd = (at(eps) - at(-eps)) / (2 * eps)
+    g = torch.autograd.grad(fim_loss(field, x, y, 1.3), list(params.values()))
+    assert float(sum((gi * v[k]).sum() for gi, k in zip(g, params))) == pytest.approx(fd, rel=1e-7, abs=1e-10)
+
+
+def test_hessian_vector_products_are_those_of_the_loss_with_weights_held_fixed(tiny):
+    """Plain autograd with create_graph (an HVP optimizer's step): the errors, taken without a graph for
+    speed, are recomputed with it; H v equals the previous formulation's and central differences of its
+    gradient at fixed w."""
+    field, x, y = tiny
+    params = list(field.parameters())
+    torch.manual_seed(2)
+    v = [torch.randn_like(p) for p in params]
+    g = torch.autograd.grad(fim_loss(field, x, y, 1.1), params, create_graph=True)
+    hv = flat(torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g, v)), params))
+    w = fixed_weights(field, x, y, 1.1)
+    g_old = torch.autograd.grad(weighted_loss(field, x, y, w), params, create_graph=True)
+    hv_old = flat(torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g_old, v)), params))
+    torch.testing.assert_close(hv, hv_old, rtol=1e-9, atol=1e-12)
+    eps = 1e-6
+
+    def at(s):  # the previous formulation's gradient at θ + s v, weights fixed at θ's
+        q = {k: (p + s * vi).detach() for (k, p), vi in zip(field.named_parameters(), v)}
+        return flat(grad(lambda r: weighted_loss(field, x, y, w, params=r))(q).values())
+
+    torch.testing.assert_close(hv, (at(eps) - at(-eps)) / (2 * eps), rtol=1e-6, atol=1e-8)
+
+
+def test_second_derivatives_under_torch_func_match_the_previous_formulation(tiny):
+    """grad of ⟨grad(FIM), v⟩ inside vmap (how MAML differentiates through inner steps) equals the same of the
+    previous formulation, per target of the batch."""
+    field, x, y = tiny
+    params = {k: v.detach() for k, v in field.named_parameters()}
+    torch.manual_seed(3)
+    v = {k: torch.randn_like(p) for k, p in params.items()}
+    ys = torch.stack([y, y.flip(0)])
+
+    def hvp(loss):
+        return lambda p, yy: grad(lambda q: sum((gi * v[k]).sum() for k, gi in grad(lambda r: loss(r, yy))(q).items()))(p)
+
+    new = vmap(hvp(lambda p, yy: fim_loss(field, x, yy, 0.9, params=p)), in_dims=(None, 0))(params, ys)
+    for i in range(2):
+        w = fixed_weights(field, x, ys[i], 0.9)
+        old = hvp(lambda p, yy: weighted_loss(field, x, yy, w, params=p))(params, ys[i])
+        torch.testing.assert_close(flat([new[k][i] for k in params]), flat(old.values()), rtol=1e-9, atol=1e-12)
+
+
+def test_maml_second_order_meta_gradient_matches_the_previous_formulation():
+    """mcl-nf-fim's outer gradient through its inner FIM steps (vmapped torch.func, second order) against the
+    same meta-objective with the previous formulation of the loss (float64, real 6 × 6 faces)."""
+    ds = load_dataset("lfw_subset", {"resize": 6})
+    values = ds.values("train")[:2].double()
+
+    class Previous(MCLNFFIM):
+        def loss(self, params, x, y, m):
+            w = fixed_weights(self.template, x, y, self.opts.fim_lambda, self.loss_name, self.opts.fisher, mask=m, params=params)
+            return weighted_loss(self.template, x, y, w, self.loss_name, params)
+
+    grads = []
+    for cls in (MCLNFFIM, Previous):
+        m = cls(ds.layout, FieldConfig(2, 1, width=8, depth=3, omega0=3.0), MetaOptions(method="mcl-nf-fim", inner_steps=2, inner_lr=0.05, tasks=2))
+        m.template.double()
+        theta = {k: v.double().requires_grad_() for k, v in m.init_params(0).items()}
+        obj = m.objective(theta, values, 4)[0]
+        grads.append(flat(torch.autograd.grad(obj, list(theta.values()))))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+def test_gradient_reaches_a_hash_grid_table_and_the_coordinates(tiny):
+    """Parameters before the first layer (a hash grid's table) and coordinates that need a gradient get
+    theirs through the first layer's input, (c ⊙ δ_1) W_1, from which autograd continues."""
+    torch.manual_seed(4)
+    field = Field(FieldConfig(2, 2, width=8, depth=3, activation="relu", encoding="hashgrid", hash_levels=2, hash_table_size=6,
+                              hash_features=2, hash_base_resolution=2)).double()  # fmt: skip
+    x = (torch.rand(30, 2, dtype=torch.float64) * 2 - 1).requires_grad_()
+    y = torch.rand(30, 2, dtype=torch.float64)
+    wrt = [*field.parameters(), x]
+    got = torch.autograd.grad(fim_loss(field, x, y, 1.0), wrt)
+    want = torch.autograd.grad(reference_fim_loss(field, x, y, 1.0), wrt)
+    assert float(got[0].abs().sum()) > 0  # the table
+    torch.testing.assert_close(flat(got), flat(want), rtol=1e-10, atol=1e-14)
+
+
+def test_layers_with_hooks_give_the_same_gradient_and_the_hooks_see_the_weighted_backward(tiny):
+    """A layer with module hooks (K-FAC records inputs and output gradients that way) is called as a module,
+    and the loss is then Σ c_n ℓ_n itself: same value and gradient, and a full backward hook on the first
+    layer sees the weighted loss's output gradient c ⊙ δ_1 last (what K-FAC's factor G is made of)."""
+    field, x, y = tiny
+    params = list(field.parameters())
+    want = torch.autograd.grad(fim_loss(field, x, y, 1.0), params)
+    seen, outgrads = [], []
+    handles = [field.layers[1].register_forward_hook(lambda mod, inp, out: seen.append(out.shape)),
+               field.layers[0].register_full_backward_hook(lambda mod, gin, gout: outgrads.append(gout[0]))]  # fmt: skip
+    value = fim_loss(field, x, y, 1.0)
+    got = torch.autograd.grad(value, params)
+    for h in handles:
+        h.remove()
+    assert seen and outgrads  # the hooks saw the calls
+    torch.testing.assert_close(flat(got), flat(want), rtol=1e-12, atol=1e-15)
+    w = fixed_weights(field, x, y, 1.0)
+    torch.testing.assert_close(outgrads[-1], (w / w.sum())[:, None] * errors_and_inputs(field, x, y)[1][0], rtol=1e-12, atol=1e-15)
+
+
+def test_samples_of_several_field_evaluations(tiny):
+    """``observe`` making each prediction from a group of field evaluations (a ray's points): the gradient
+    equals the previous formulation's (per-sample weights from the summed per-point gradients)."""
+    field, x, y = tiny
+    S = 4
+    offsets = torch.linspace(-0.1, 0.1, S, dtype=torch.float64)
+
+    def observe(f, rays):  # S points per sample, their outputs averaged with fixed weights
+        out = f((rays[:, None, :] + offsets[:, None]).reshape(-1, 2)).reshape(len(rays), S, -1)
+        return (out * torch.linspace(0.5, 1.5, S, dtype=torch.float64)[:, None]).mean(1)
+
+    observe.group = S
+    params = list(field.parameters())
+    for fisher in ("kfac-diag", "diagonal"):
+        got = torch.autograd.grad(fim_loss(field, x, y, 1.0, fisher=fisher, observe=observe), params)
+        want = torch.autograd.grad(reference_fim_loss(field, x, y, 1.0, fisher=fisher, observe=observe), params)
+        torch.testing.assert_close(flat(got), flat(want), rtol=1e-10, atol=1e-14)
+
+
+def test_no_gradient_is_needed_for_the_value(tiny):
+    field, x, y = tiny
+    with torch.no_grad():
+        value = fim_loss(field, x, y, 1.0)
+    assert not value.requires_grad and float(value) == pytest.approx(float(reference_fim_loss(field, x, y, 1.0)), rel=1e-12)

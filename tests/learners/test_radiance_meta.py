@@ -96,7 +96,7 @@ def test_fim_weights_of_rays_match_brute_force_per_ray_gradients(blocks):
     want = 1 + 2.0 * q / P
     # the same from one forward with taps
     S = layout.samples
-    taps = [rays.new_zeros(12 * S, d) for d in m.template.out_dims]
+    taps = [params[f"layers.{i}.bias"].expand(12 * S, -1) for i in range(len(m.template.layers))]  # per-sample biases
 
     def losses(taps):
         box = []

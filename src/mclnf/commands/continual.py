@@ -34,7 +34,7 @@ from mclnf.io import load_checkpoint, save_checkpoint, write_text
 from mclnf.learners import CONTINUAL_LEARNERS, Learner
 from mclnf.options import to_dict
 from mclnf.runs import Run, prepare_out, write_reconstruction
-from mclnf.runtime import on_device, tensors_to
+from mclnf.runtime import Precision, on_device, tensors_to
 from mclnf.signals import Signal, signal_kind
 from mclnf.signals.tasks import Task, split_signal
 from mclnf.tracking import TENSORBOARD, Tracker, open_tracker
@@ -96,19 +96,22 @@ def run_learner(cfg: ContinualConfig, signal: Signal, tasks: list[Task], run: Ru
     with torch.device(device):
         learner = CONTINUAL_LEARNERS[cfg.learner].for_signal(signal, tasks, cfg.field_config(signal.layout), learner_options(cfg))
     rows: list[dict] = []
+    precision = Precision(cfg.precision, device)
     if cfg.resume and (out / "checkpoint.pt").is_file():
         ck = load_checkpoint(out / "checkpoint.pt", ("rows", "learner"))
         learner.load_state_dict(to_device(ck["learner"], device))
         rows = ck["rows"]
+        precision.load_state_dict(ck.get("precision", {}))  # fp16: the loss scale continues
     per_task_steps = cfg.steps * learner.updates_per_step  # steps of the training loop (MER: its pieces)
     with open_tracker(out, len(rows) * per_task_steps if cfg.resume else None, cfg.log_every, run.mkdir(out / TENSORBOARD) if cfg.tensorboard else None) as tracker:
         for task in tasks[len(rows) :]:
-            learn_stream_task(cfg, signal, tasks, task, learner, rows, tracker, out)
+            learn_stream_task(cfg, signal, tasks, task, learner, rows, tracker, out, precision)
     return write_record(cfg, signal, tasks, learner, rows, out)
 
 
-def learn_stream_task(cfg: ContinualConfig, signal: Signal, tasks: list[Task], task: Task, learner: Learner, rows: list[dict], tracker: Tracker, out: Path) -> None:
-    """Learn ``task``, evaluate the stream after it, append its row to ``rows`` and write the checkpoint."""
+def learn_stream_task(cfg: ContinualConfig, signal: Signal, tasks: list[Task], task: Task, learner: Learner, rows: list[dict], tracker: Tracker, out: Path,
+                      precision: Precision | None = None) -> None:  # fmt: skip
+    """Learn ``task`` (its steps in ``precision``'s arithmetic), evaluate the stream after it, append its row to ``rows`` and write the checkpoint."""
     metric = signal.layout.primary_metric
     offset = task.index * cfg.steps * learner.updates_per_step
     view = tracker.at(offset, sum(r["train_s"] for r in rows), task=task.index + 1)  # steps and training seconds over the stream
@@ -117,14 +120,15 @@ def learn_stream_task(cfg: ContinualConfig, signal: Signal, tasks: list[Task], t
         return {metric: log_evaluation(view, step, seconds, learner, signal, tasks)[1][metric]}
 
     try:
-        seconds = learn_task(learner, task, cfg.steps, progress=cfg.progress, tracker=view, eval_every=cfg.eval_every, on_eval=evaluate)
+        seconds = learn_task(learner, task, cfg.steps, progress=cfg.progress, tracker=view, eval_every=cfg.eval_every, on_eval=evaluate, precision=precision)
     except DivergedError as e:  # the checkpoint of the last finished task stays as it was
         kept = f"the checkpoint after task {len(rows)} is kept (--resume continues from it)" if rows else "no checkpoint was written yet"
         raise DivergedError(e.step, e.loss, None, e.what, where=f" ({cfg.learner}, task {task.index + 1} of {len(tasks)})", kept=kept) from None
     per_task, whole = log_evaluation(view, cfg.steps * learner.updates_per_step, seconds["train_s"], learner, signal, tasks)  # flushed before the checkpoint
     rows.append({"task": task.index, "tasks": per_task, "whole": whole, **seconds,
                  "reconstruction": reconstruction_after_task(learner, signal, out / f"after_task{task.index + 1}{signal.layout.suffix}", torch.device(cfg.device))})  # fmt: skip
-    save_checkpoint(out / "checkpoint.pt", {"config": to_dict(cfg), "rows": rows, "learner": to_cpu(learner.state_dict())})  # loads on any device
+    scale = {"precision": precision.state_dict()} if precision is not None and precision.scaler is not None else {}  # fp16: the loss scale
+    save_checkpoint(out / "checkpoint.pt", {"config": to_dict(cfg), "rows": rows, "learner": to_cpu(learner.state_dict()), **scale})  # loads on any device
     if cfg.progress:
         seen = "  ".join(f"{m[metric]:.4g}" for m in per_task[: task.index + 1])
         print(f"{cfg.learner} after task {task.index + 1}/{len(tasks)}: {metric} whole {whole[metric]:.4g}  tasks seen {seen}", file=sys.stderr)
@@ -137,7 +141,7 @@ def write_record(cfg: ContinualConfig, signal: Signal, tasks: list[Task], learne
     steps = cfg.steps * len(tasks)
     record = {
         "signal": cfg.signal, "kind": signal.kind, "learner": cfg.learner, "tasks": len(tasks), "split": cfg.split,
-        "steps_per_task": cfg.steps, "metric": metric, "R": R, "bwt": backward_transfer(R), "final": rows[-1]["whole"],
+        "steps_per_task": cfg.steps, "precision": cfg.precision, "metric": metric, "R": R, "bwt": backward_transfer(R), "final": rows[-1]["whole"],
         "whole_after_task": [row["whole"][metric] for row in rows], "params": sum(p.numel() for p in learner.model.parameters()),
         "train_s": sum(r["train_s"] for r in rows), "after_task_s": sum(r["after_task_s"] for r in rows),
         "step_ms": 1000 * sum(r["train_s"] for r in rows) / steps, "rows": rows, "config": to_dict(cfg),

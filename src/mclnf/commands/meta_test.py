@@ -51,7 +51,7 @@ from mclnf.io import atomic_path, load_checkpoint, save_checkpoint, write_text
 from mclnf.learners import CONTINUAL_LEARNERS, Learner, LearnerOptions
 from mclnf.options import to_dict
 from mclnf.runs import MetaRun, Run, load_init, open_part_log, prepare_out
-from mclnf.runtime import on_device, tensors_to
+from mclnf.runtime import Precision, on_device, tensors_to
 from mclnf.signals import Signal
 from mclnf.signals.datasets import MetaDataset, load_dataset
 from mclnf.signals.tasks import Task, split_signal
@@ -99,6 +99,7 @@ def score(entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs
     metric_names = list(layout.metrics(signals[0].values, signals[0].values))
     per_step: dict[int, list[dict]] = {s: [] for s in steps}
     seconds, episodes, recon, offset = 0.0, 0, {}, 0
+    precision = Precision(cfg.precision, cfg.device)  # the test-time steps' arithmetic; predictions and metrics float32
     for i, signal in enumerate(signals):
         tasks = split_signal(signal, first.split, first.tasks)
         batch = cfg.batch_size or max(len(t) for t in tasks)
@@ -108,7 +109,7 @@ def score(entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs
             try:
                 for task in tasks:
                     view = None if tracker is None else tracker.at(offset + task.index * per_task, seconds + taken, signal=i + 1, steps_per_task=s, task=task.index + 1)
-                    timed = learn_task(learner, task, s, progress=False, tracker=view)
+                    timed = learn_task(learner, task, s, progress=False, tracker=view, precision=precision)
                     taken += timed["train_s"] + timed["after_task_s"]  # the logging left out
             except DivergedError as e:
                 hint = f"try a lower {'--baseline-lr' if isinstance(entry, str) else '--test-lr'}"
@@ -128,7 +129,7 @@ def score(entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs
 
     tasks = split_signal(signals[0], first.split, first.tasks)  # the memory of test-time optimization: one step per task
     learner = make_learner(entry, signals[0], tasks, cfg, runs[0].base_field, cfg.batch_size or max(len(t) for t in tasks))
-    peak = allocated_peak_mib(lambda: [learn_task(learner, task, 1, progress=False) for task in tasks])
+    peak = allocated_peak_mib(lambda: [learn_task(learner, task, 1, progress=False, precision=precision) for task in tasks])
     curve = {s: {m: finite_mean([r[m] for r in per_step[s]]) for m in metric_names} for s in steps}
     return {"name": name, "kind": "baseline" if isinstance(entry, str) else "meta", "curve": curve, "per_signal": per_step,
             "summary": {m: summarize(curve, m) for m in metric_names}, "params": sum(p.numel() for p in learner.model.parameters()), "peak_mib": peak,
@@ -186,7 +187,7 @@ def write_outputs(cfg: MetaTestConfig, records: list[dict], signals: list[Signal
                 tag = r["name"].replace(" ", "").replace("(", "-").replace(")", "")
                 with atomic_path(out / f"{tag}_step{s}{layout.suffix}") as tmp:
                     layout.save(r["recon"][(s, 0)], tmp)
-    summary = {"dataset": cfg.dataset, "signals": [s.name for s in signals], "steps": steps, "tasks": first.tasks, "split": first.split,
+    summary = {"dataset": cfg.dataset, "signals": [s.name for s in signals], "steps": steps, "tasks": first.tasks, "split": first.split, "precision": cfg.precision,
                "runs": [str(p) for p in cfg.runs], "methods": [{k: v for k, v in r.items() if k != "recon"} for r in records], "config": to_dict(cfg)}  # fmt: skip
     write_text(out / "metrics.json", json.dumps(summary, indent=1, default=str))
 

@@ -8,7 +8,8 @@ all-reduced, so N processes compute what one process computes on the whole meta-
 
 Outputs: ``init.safetensors`` (θ₀ with the method, field and layout as metadata — what
 ``mclnf meta-test`` reads), ``checkpoint.pt`` every ``checkpoint_every`` steps (θ₀, Adam state, EMCL's
-importance; ``--resume`` continues bit-exactly), ``meta_train.json``, ``meta_train.png``, ``log.jsonl`` (the loss after
+importance; ``--resume`` continues bit-exactly on the same device, and ``--device`` may change on ``--resume``: the
+checkpoint loads onto the CPU and moves to the device), ``meta_train.json``, ``meta_train.png``, ``log.jsonl`` (the loss after
 adaptation, the meta-gradient's norm before clipping, the learning rate and the norm of θ₀'s update at the logged
 outer steps; and ``tensorboard/`` with ``--tensorboard``: :mod:`mclnf.tracking`) and ``run.json``.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 from pathlib import Path
 from time import perf_counter
 
@@ -34,23 +34,13 @@ from mclnf.learners import meta_method
 from mclnf.learners.emcl import Importance
 from mclnf.options import to_dict
 from mclnf.runs import Run, prepare_out, save_init
+from mclnf.runtime import Precision, init_distributed, world
 from mclnf.sampling import permutation
 from mclnf.signals.datasets import MetaDataset, load_dataset
 from mclnf.tracking import TENSORBOARD, norm, open_tracker
 from mclnf.train import meta_step
 
-RESUMABLE = ("outer_steps", "checkpoint_every", "log_every", "tensorboard", *(f.name for f in dataclasses.fields(RunOptions)))
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed, (0, 1) when not distributed."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-
-def init_distributed(device: str) -> None:
-    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1); nothing otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+RESUMABLE = ("outer_steps", "checkpoint_every", "log_every", "tensorboard", "device", *(f.name for f in dataclasses.fields(RunOptions)))  # may change on --resume
 
 
 def load(cfg: MetaTrainConfig) -> MetaDataset:
@@ -93,6 +83,7 @@ def outer_loop(cfg: MetaTrainConfig, ds: MetaDataset, method, rank: int, size: i
     device, out = torch.device(cfg.device), cfg.out
     theta = {k: v.to(device).requires_grad_() for k, v in method.init_params(cfg.seed).items()}
     optimizer = torch.optim.Adam(theta.values(), lr=cfg.outer_lr)
+    precision = Precision(cfg.precision, device)  # bf16: the meta-objective under autocast; θ₀ and Adam's state float32
     importance = Importance(cfg.emcl_eta, [torch.ones_like(theta[k]) for k in method.fast]) if cfg.meta_grad == "emcl" else None
     resumed = cfg.resume and (out / "checkpoint.pt").is_file()  # a run killed before its first checkpoint starts afresh
     start, elapsed, curve = resume_state(out, cfg, theta, optimizer, importance) if resumed else (0, 0.0, [])
@@ -112,7 +103,7 @@ def outer_loop(cfg: MetaTrainConfig, ds: MetaDataset, method, rank: int, size: i
             batch = meta_batch(len(ds.train), cfg.meta_batch, cfg.seed, step)[lo:hi].to(device)
             try:
                 loss, grad_norm = meta_step(method, theta, optimizer, values[batch], None if coords is None else coords[batch], count, importance,
-                                            method.task_subset(cfg.seed, step), cfg.clip_grad)  # fmt: skip
+                                            method.task_subset(cfg.seed, step), cfg.clip_grad, precision)  # fmt: skip
             except DivergedError as e:
                 kept = f"the checkpoint of step {last_saved} is kept (--resume continues from it)" if last_saved else "no checkpoint was written yet"
                 raise DivergedError(step, e.loss, last_saved, e.what, where=f" (meta-train {cfg.method})", kept=kept, hint="try a lower --outer-lr or --inner-lr") from None
@@ -156,7 +147,7 @@ def write_outputs(cfg: MetaTrainConfig, ds: MetaDataset, method, theta: dict, cu
     elapsed = curve[-1]["time_s"]
     record = {
         "dataset": cfg.dataset, "kind": ds.layout.kind, "method": cfg.method, "meta_grad": cfg.meta_grad,
-        "params": sum(v.numel() for v in theta.values()), "outer_steps": cfg.outer_steps, "meta_batch": cfg.meta_batch,
+        "params": sum(v.numel() for v in theta.values()), "outer_steps": cfg.outer_steps, "meta_batch": cfg.meta_batch, "precision": cfg.precision,
         "signals": {"train": len(ds.train), "test": len(ds.test)}, "train_s": elapsed,
         "episodes_per_s": cfg.meta_batch * (cfg.outer_steps - start) / max(elapsed - (curve[start - 1]["time_s"] if start else 0.0), 1e-9),
         "final_loss": curve[-1]["loss"], "curve": curve, "field": method.field_config.to_dict(), "layout": ds.layout.to_dict(),

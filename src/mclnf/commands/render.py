@@ -166,7 +166,9 @@ def continual_source(cfg: RenderConfig, folder: Path, device: torch.device) -> S
 
 
 def config_from_dict(cls: type, values: dict, where: Path):
-    """The config ``cls`` a run recorded (as JSON-ready values: lists back to tuples; options this version does not know are dropped)."""
+    """The config ``cls`` a run recorded (as JSON-ready values: lists back to tuples; options this version does not know are
+    dropped; ``device`` is the CPU's: a run recorded on a GPU is rendered on any machine, on render's own ``--device``)."""
+    values = {**values, "device": "cpu"} if "device" in values else values
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     tuples = {n for n in names if any(typing.get_origin(a) is tuple for a in (hints[n], *typing.get_args(hints[n])))}

@@ -164,7 +164,7 @@ class HashGridEncoding(nn.Module):
                 raise MclnfError(f"a stacked hash grid of {k} modules takes (modules, points, {self.in_dim}) inputs, not {tuple(x.shape)}")
             rows = rows + (module * n)[:, None, None]
             table = table.transpose(0, 1).reshape(f, k * n)
-        feats = table.index_select(1, rows.flatten()).view(-1, *rows.shape)  # (F, 2^d, ..., L): one gather per feature row
+        feats = table.index_select(1, rows.flatten()).view(table.shape[0], *rows.shape)  # (F, 2^d, ..., L): one gather per feature row
         out = (feats * weights).sum(1).movedim(0, -1).flatten(-2)  # (..., L·F), level-major
         return torch.cat([out, x[..., self.dim :]], dim=-1) if self.in_dim > self.dim else out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import torch
 from torch import Tensor, nn
 
 from mclnf.errors import MclnfError
@@ -119,6 +120,14 @@ class FieldConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def tapped(layer: nn.Linear, h: Tensor, bias: Tensor) -> Tensor:
+    """``layer(h)`` with the per-sample ``bias`` (N, out) in place of ``layer.bias``: one addmm; a call
+    of the module (and a correction) where it has hooks that must see the call."""
+    if layer._forward_pre_hooks or layer._forward_hooks or layer._backward_hooks:
+        return layer(h) + (bias - layer.bias)
+    return torch.addmm(bias, h, layer.weight.t())
+
+
 class Field(nn.Module):
     """An MLP f(x) = W_L(σ(… σ(W_1 γ(x) + b_1) …)) + b_L with the activation σ of its config; γ is the
     identity, relu-pe's positional encoding, or the multiresolution hash encoding (``encoding="hashgrid"``,
@@ -154,10 +163,12 @@ class Field(nn.Module):
         scaling every pre-activation (see ``benchmarks/fit_throughput.py``) — except on a layer with
         module hooks (K-FAC records inputs and output gradients that way), which is called as a module.
 
-        ``taps`` (one tensor per linear layer, shaped like its output; zeros in practice) are added to
-        the linear outputs z_l, and the inputs a_{l-1} of every linear layer are returned as well:
-        ``(y, inputs)``. The gradient of a loss with respect to ``taps[l]`` is then the back-propagated
-        error δ_l, so a per-sample gradient of layer l is the outer product δ_l a_{l-1}ᵀ (the FIM loss).
+        ``taps`` (one tensor per linear layer, shaped like its output (N, out): per-sample biases, in
+        practice ``bias.expand(N, out)``) take the place of the layers' biases, z_l = a_{l-1} W_lᵀ +
+        taps[l], and the inputs a_{l-1} of every linear layer are returned as well: ``(y, inputs)``.
+        The gradient of a loss with respect to ``taps[l]`` is then the back-propagated error δ_l, so a
+        per-sample gradient of layer l is the outer product δ_l ⊗ [a_{l-1}, 1] (the FIM loss). The tap
+        enters the addmm that a bias would (no extra pass over the pre-activations); x must be (N, in).
         """
         h = self.encoding(x)
         *hidden, last = self.layers
@@ -168,12 +179,12 @@ class Field(nn.Module):
             hooked = layer._forward_pre_hooks or layer._forward_hooks or layer._backward_hooks  # e.g. K-FAC's: they must see the call
             if taps is not None:
                 inputs.append(h)
-                h = act(layer(h) + taps[i])
+                h = act(tapped(layer, h, taps[i])) if of_linear is None or hooked else of_linear(h, layer.weight, taps[i])
             else:
                 h = act(layer(h)) if of_linear is None or hooked else of_linear(h, layer.weight, layer.bias)
         if taps is None:
             return last(h)
-        return last(h) + taps[-1], inputs + [h]
+        return tapped(last, h, taps[-1]), inputs + [h]
 
     @property
     def out_dims(self) -> list[int]:

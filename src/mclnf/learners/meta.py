@@ -314,8 +314,7 @@ class MCLNFFIM(MCLNF):
     name = "mcl-nf-fim"
 
     def loss(self, params, x, y, m):
-        fwd = lambda p, taps: functional_call(self.template, params, (p,), {"taps": taps})  # noqa: E731
-        return fim_loss(fwd, self.template.out_dims, x, y, self.opts.fim_lambda, self.loss_name, self.opts.fisher, mask=m, observe=self.layout.observe)
+        return fim_loss(self.template, x, y, self.opts.fim_lambda, self.loss_name, self.opts.fisher, mask=m, observe=self.layout.observe, params=params)
 
     def test_learner(self, signal, tasks, opts, theta0):
         return super().test_learner(signal, tasks, dataclasses.replace(opts, fim_lambda=self.opts.fim_lambda, fisher=self.opts.fisher), theta0)

@@ -83,7 +83,7 @@ class Modular(Learner):
             return super().loss(x, y)
         field, o = self.alone[1], self.opts
         if o.fim_lambda is not None:
-            return fim_loss(field, field.out_dims, x, y, o.fim_lambda, self.likelihood, o.fisher, observe=self.layout.observe)
+            return fim_loss(field, x, y, o.fim_lambda, self.likelihood, o.fisher, observe=self.layout.observe)
         return self.loss_of(self.layout.observe(field, x), y)
 
     def after_task(self, task: Task) -> None:

@@ -2,7 +2,8 @@
 
 The loop asks an optimizer one question before each backward pass: ``needs_create_graph()`` — must
 the gradient stay differentiable because the coming ``step()`` takes a Hessian-vector product?
-Optimizers without the method (Adam, SGD) never need it.
+Optimizers without the method (Adam, SGD) never need it. Mixed-precision training asks one more before
+the forward pass, :func:`curvature_step` (that, or K-FAC's ``records_curvature()``): such a step runs in float32.
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ class CurvatureAware(Protocol):
 
 def needs_create_graph(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, CurvatureAware) and optimizer.needs_create_graph()
+
+
+@runtime_checkable
+class RecordsCurvature(Protocol):
+    def records_curvature(self) -> bool:
+        """True when the next ``step()`` estimates curvature from the coming forward and backward pass (K-FAC's factors)."""
+
+
+def curvature_step(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the coming step estimates curvature from its own forward and backward pass — a Hessian-vector
+    product (:func:`needs_create_graph`) or recorded Kronecker factors: mixed-precision training runs such a
+    step in float32 (:class:`mclnf.runtime.Precision`)."""
+    return needs_create_graph(optimizer) or (isinstance(optimizer, RecordsCurvature) and optimizer.records_curvature())
 
 
 OPTIMIZERS: dict[str, tuple[Callable[[nn.Module, float, int], torch.optim.Optimizer], float]] = {

@@ -110,6 +110,10 @@ class KFAC(torch.optim.Optimizer):
         """Whether step number ``step`` (1-based) refreshes the factors and their inverses."""
         return (step - 1) % self.update_every == 0
 
+    def records_curvature(self) -> bool:
+        """Whether the coming :meth:`step` refreshes the factors from the coming forward and backward pass."""
+        return self.refreshes_at(self._steps + 1)
+
     def remove_hooks(self) -> None:
         """Detach the recording hooks from the model (the optimizer cannot refresh afterwards)."""
         for h in self._handles:

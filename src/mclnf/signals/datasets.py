@@ -87,6 +87,41 @@ def dataset_files(source: str) -> list[str]:
     return files
 
 
+def folder_files(folder: str | Path) -> list[str]:
+    """The signal files of ``folder`` (its files with a supported suffix, not its subfolders'), sorted by name;
+    an error unless there is at least one and all are of one kind (the first file of another kind is named)."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise MclnfError(f"{folder}: {'not a folder' if p.exists() else 'no such folder'}")
+    files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIX_KIND)
+    if not files:
+        raise MclnfError(f"{folder}: no signal files in the folder (expected {', '.join(sorted(SUFFIX_KIND))})")
+    kind = SUFFIX_KIND[Path(files[0]).suffix.lower()]
+    other = next((f for f in files if SUFFIX_KIND[Path(f).suffix.lower()] != kind), None)
+    if other is not None:
+        raise MclnfError(f"{other}: {SUFFIX_KIND[Path(other).suffix.lower()]}, not {kind} as {Path(files[0]).name}; the folder must hold one kind of signal")
+    return files
+
+
+def load_alike(files: list[str], options: dict, keep=None, hint: str = "") -> list[Signal | None]:
+    """Every file loaded with the loader ``options`` (:func:`mclnf.signals.load_signal`'s); all must have one layout
+    (one size, channel count, sample rate …) and the same samples, else an error names the first file that differs
+    and how (``hint`` says what makes them alike). Signals whose index is not in ``keep`` (default: all kept) are
+    loaded, checked and dropped: None in their place."""
+    out, first = [], None
+    for i, f in enumerate(files):
+        s = load_signal(f, **options)
+        if first is None:
+            first = s
+        elif s.layout != first.layout or not torch.equal(s.coords, first.coords):
+            a, b = s.layout.to_dict(), first.layout.to_dict()
+            diff = ", ".join(f"{k} {a[k]}" for k in a if a[k] != b.get(k)) or "other samples"
+            same = ", ".join(f"{k} {b[k]}" for k in a if a[k] != b.get(k)) or "its"
+            raise MclnfError(f"{f}: {diff}, where {Path(files[0]).name} has {same}; signals fitted together must be alike{hint}")
+        out.append(s if keep is None or i in keep else None)
+    return out
+
+
 def split_files(files: list[str], test_fraction: float, seed: int, lists: tuple[str, str] | None = None) -> tuple[list[str], list[str]]:
     """(meta-train, meta-test) names: from two list files, or a seeded random ``test_fraction`` split."""
     if lists is not None:
