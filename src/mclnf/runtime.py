@@ -98,6 +98,14 @@ def init_distributed(device: str, backend: str | None = None) -> None:
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def check_precision_name(name: str) -> None:
+    """``name`` is one of :data:`PRECISIONS`, else one :class:`~mclnf.errors.MclnfError` line naming ``--precision``."""
+    if name not in PRECISIONS:
+        from mclnf.errors import MclnfError
+
+        raise MclnfError(f"--precision {name}: unknown; choose one of {', '.join(PRECISIONS)}")
+
+
 def check_precision(name: str, device: str = "cpu") -> None:
     """``--precision NAME`` on ``--device``, else one :class:`~mclnf.errors.MclnfError` line naming the option.
     fp16 is refused on the CPU: torch autocasts there, but this build's CPU float16 matmuls are no faster than
@@ -107,8 +115,7 @@ def check_precision(name: str, device: str = "cpu") -> None:
 
     from mclnf.errors import MclnfError
 
-    if name not in PRECISIONS:
-        raise MclnfError(f"--precision {name}: unknown; choose one of {', '.join(PRECISIONS)}")
+    check_precision_name(name)
     if name == "fp16" and torch.device(device).type == "cpu":
         raise MclnfError("--precision fp16: not on --device cpu (CPU float16 matmuls are no faster than float32 here); use bf16 or fp32")
 
@@ -156,10 +163,7 @@ class Precision:
     def __init__(self, name: str = "fp32", device="cpu"):
         import torch
 
-        if name not in PRECISIONS:
-            from mclnf.errors import MclnfError
-
-            raise MclnfError(f"--precision {name}: unknown; choose one of {', '.join(PRECISIONS)}")
+        check_precision_name(name)
         self.name, self.device_type = name, torch.device(device).type
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
         self.scaler = torch.amp.GradScaler(self.device_type) if name == "fp16" else None

@@ -46,8 +46,9 @@ def evaluate(field: Field, signal: Signal, grid: OccupancyGrid | None = None) ->
 
 
 def resume_state(out: Path, cfg: FitConfig, field: Field, optimizer: torch.optim.Optimizer, suffix: str, guard: Guard | None = None,
-                 grid: OccupancyGrid | None = None) -> tuple[int, float, list]:  # fmt: skip
-    """Load the checkpoint of the run in ``out`` into ``field`` and ``optimizer`` (and ``guard``'s first loss, ``grid``'s estimate); returns (step, seconds, curve)."""
+                 grid: OccupancyGrid | None = None, precision: Precision | None = None) -> tuple[int, float, list]:  # fmt: skip
+    """Load the checkpoint of the run in ``out`` into ``field`` and ``optimizer`` (and ``guard``'s first loss, ``grid``'s estimate,
+    ``precision``'s fp16 loss scale); returns (step, seconds, curve)."""
     ck = load_checkpoint(out / "checkpoint.pt", ("step", "elapsed", "curve", "field", "optimizer", "rng"))
     if guard is not None:
         guard.first = ck.get("auto_first_loss")
@@ -55,6 +56,8 @@ def resume_state(out: Path, cfg: FitConfig, field: Field, optimizer: torch.optim
         if "occupancy_grid" not in ck:
             raise MclnfError(f"--occupancy-grid: the run in {out} was trained without one; resume it without --occupancy-grid")
         grid.load_state_dict(ck["occupancy_grid"])
+    if precision is not None and "precision" in ck:  # fp16: the loss scale continues where it stopped
+        precision.load_state_dict(ck["precision"])
     if ck["step"] > cfg.steps:  # equal: killed before its last outputs, which are written now
         raise MclnfError(f"--steps {cfg.steps}: the run in {out} already reached step {ck['step']}")
     field.load_state_dict(ck["field"])
@@ -143,11 +146,9 @@ def fit_in(run: Run, cfg: FitConfig, signal: Signal, field: Field, optimizer: to
     out, layout = run.out, signal.layout
     resumed = cfg.resume and not fresh and (out / "checkpoint.pt").is_file()  # a run killed before its first checkpoint starts afresh
     grid = OccupancyGrid(layout, cfg.occupancy_grid, seed=cfg.seed) if cfg.occupancy_grid else None
-    start, elapsed, curve = resume_state(out, cfg, field, optimizer, layout.suffix, guard, grid) if resumed else (0, 0.0, [])
-    tracker = open_tracker(out, start if cfg.resume or fresh else None, cfg.log_every, run.mkdir(out / TENSORBOARD) if cfg.tensorboard else None)
     precision = Precision(cfg.precision, cfg.device)
-    if resumed and precision.scaler is not None:  # fp16: the loss scale continues where it stopped
-        precision.load_state_dict(load_checkpoint(out / "checkpoint.pt", ("precision",))["precision"])
+    start, elapsed, curve = resume_state(out, cfg, field, optimizer, layout.suffix, guard, grid, precision) if resumed else (0, 0.0, [])
+    tracker = open_tracker(out, start if cfg.resume or fresh else None, cfg.log_every, run.mkdir(out / TENSORBOARD) if cfg.tensorboard else None)
 
     def on_eval(step: int, loss: float, seconds: float) -> dict:
         pred, metrics = evaluate(field, signal, grid)

@@ -117,7 +117,11 @@ class OccupancyGrid:
         sigma = torch.cat([F.softplus(field(chunk.to(device))[:, 0]).float().cpu() for chunk in inputs.split(CHUNK)])
         self.density *= DECAY
         self.density.scatter_reduce_(0, cells, sigma * self.spacing, "amax")
-        self.occupied = self.density > min(THRESHOLD, float(self.density.mean()))
+        self.occupied = self.classify()
+
+    def classify(self) -> Tensor:
+        """Occupied cells of the estimate: ρ_c > min(τ, mean ρ)."""
+        return self.density > min(THRESHOLD, float(self.density.mean()))
 
     def state_dict(self) -> dict:
         return {"density": self.density.clone(), "steps": self.steps, "generator": self.generator.get_state(), "resolution": self.resolution}
@@ -127,4 +131,4 @@ class OccupancyGrid:
             raise MclnfError(f"--occupancy-grid {self.resolution}: the run's checkpoint has a grid of {state['resolution']}³")
         self.density, self.steps = state["density"].clone(), state["steps"]
         self.generator.set_state(state["generator"])
-        self.occupied = self.density > min(THRESHOLD, float(self.density.mean())) if self.steps >= self.every else torch.ones_like(self.occupied)
+        self.occupied = self.classify() if self.steps >= self.every else torch.ones_like(self.occupied)  # before the first refresh: all
