@@ -86,9 +86,9 @@ def reference_forward(field: Field, x: torch.Tensor) -> torch.Tensor:
     return last(h)
 
 
-def make_step(variant: str, batch: int, precision: str = "fp32"):
+def make_step(variant: str, batch: int, precision: str = "fp32", device: str = "cpu"):
     torch.manual_seed(0)
-    amp = Precision(precision)
+    amp = Precision(precision, device)
     field = Field(FieldConfig(2, 3))
     model = field
     if variant == "reference":

@@ -6,8 +6,8 @@
 (a) tests: the test suite's device-parametrized tests (the ``device`` fixture of ``tests/conftest.py``) run with
     ``MCLNF_TEST_DEVICE=<device>``, so only their ``<device>`` cases: every command on the device, resumed there
     exactly, checkpoints moved from the CPU to the device and back.
-(b) commands: ``mclnf fit`` (an image and a NeRF scene), ``render``, ``continual``, ``meta-train`` (every
-    meta-gradient rule; ``--quick``: second-order only), ``meta-test`` and ``cl-bench`` with ``--device <device>`` on
+(b) commands: ``mclnf fit`` (an image at fp32, bf16 and (CUDA) fp16, and a NeRF scene), ``render``, ``continual``, ``meta-train`` (every
+    meta-gradient rule and bf16; ``--quick``: second-order only), ``meta-test`` and ``cl-bench`` with ``--device <device>`` on
     tiny inputs (those of tests/commands), each in its own process: ok or FAILED (its last error line below the
     table) and seconds (process start included).
 (c) throughput on the device beside the CPU, with the benchmarks' own models and helpers: the fit step of the default
@@ -78,10 +78,13 @@ def commands(device: str, tmp: Path, quick: bool) -> list[tuple[str, list]]:
     cl_bench = ("cl-bench", "mnist-permutations", "--tasks", 2, "--seeds", 1, "--method", *(("emcl", "er") if quick else ("all",)), "--data", DATA / "mnist", "--glances", 1, "--mer-batches", 1)
     runs = [
         ("fit camera", ["fit", "camera", "--resize", 32, "--width", 32, "--depth", 3, "--steps", 50, *dev, "--out", tmp / "fit"]),
+        *((f"fit camera --precision {p}", ["fit", "camera", "--resize", 32, "--width", 32, "--depth", 3, "--steps", 50, "--precision", p, *dev, "--out", tmp / f"fit-{p}"])
+          for p in ("bf16", "fp16") if p != "fp16" or device.startswith("cuda")),  # fit refuses fp16 on the CPU
         ("fit lego (NeRF)", ["fit", DATA / "nerf" / "lego_100.npz", "--resize", 16, "--samples", 8, "--width", 32, "--depth", 3, "--steps", 5, *dev, "--out", tmp / "nerf"]),
         ("render lego orbit", ["render", tmp / "nerf", "--camera-path", "orbit", "--frames", 4, "--resolution", 16, 16, *dev[:2], "--out", tmp / "orbit.mp4"]),
         ("continual", [*continual, *dev, "--out", tmp / "continual"]),
         *((f"meta-train ({rule})", [*meta, "--meta-grad", rule, *dev, "--out", tmp / f"meta-{rule}"]) for rule in rules),
+        ("meta-train --precision bf16", [*meta, "--precision", "bf16", *dev, "--out", tmp / "meta-bf16"]),
         ("meta-test", [*meta_test, *dev, "--out", tmp / "meta-test"]),
         ("cl-bench", [*cl_bench, *dev, "--out", tmp / "cl-bench"]),
     ]
@@ -105,10 +108,11 @@ def synced(fn, device: torch.device):
     return lambda: (fn(), torch.cuda.synchronize(device))
 
 
-def fit_step(device: torch.device, batch: int, repeats: int) -> tuple[float, float]:
-    """(ms, GFLOP/s) of one training step of the default 5 × 256 sine field (Adam, mse) at ``batch`` on ``device``."""
+def fit_step(device: torch.device, batch: int, repeats: int, precision: str = "fp32") -> tuple[float, float]:
+    """(ms, GFLOP/s) of one training step of the default 5 × 256 sine field (Adam, mse) at ``batch`` on ``device``, the
+    forward pass under ``precision``'s autocast (:class:`mclnf.runtime.Precision`)."""
     with torch.device(device):
-        field, step = make_step("field", batch)
+        field, step = make_step("field", batch, precision, device.type)
 
     def ten():
         for _ in range(10):
@@ -163,6 +167,8 @@ def throughput(devices: list[torch.device], quick: bool) -> list[tuple[str, list
     for batch in (4096,) if quick else (4096, 65536):
         got = [fit_step(d, batch, repeats) for d in devices]
         rows += [(f"fit step, batch {batch}: ms", [g[0] for g in got], "ms"), (f"fit step, batch {batch}: GFLOP/s", [g[1] for g in got], "GFLOP/s")]
+        bf16 = [fit_step(d, batch, repeats, "bf16") for d in devices]
+        rows += [(f"fit step, batch {batch}, bf16: ms", [g[0] for g in bf16], "ms"), (f"fit step, batch {batch}: fp32 / bf16 time", [a[0] / b[0] for a, b in zip(got, bf16)], "x")]
     got = [nerf_step(d, quick) for d in devices]
     rows += [("NeRF step (1024 rays x 64): ms", [g[0] for g in got], "ms"), ("NeRF step: rays/s", [g[1] for g in got], "rays/s")]
     batch = 4 if quick else 8

@@ -9,12 +9,10 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
-import pesq as pesq_backend
 import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 from torch import Tensor
-from torchmetrics.functional.audio import perceptual_evaluation_speech_quality
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from mclnf.errors import MclnfError
@@ -28,8 +26,12 @@ def pesq_wb(pred: np.ndarray, target: np.ndarray, sample_rate: int) -> float | N
     """Wide-band PESQ of mono signals after resampling to 16 kHz; ``None`` where PESQ is undefined.
 
     PESQ needs at least 1/4 s of audio and some detectable speech; for shorter or silent signals
-    it has no value, and this returns ``None`` rather than failing.
+    it has no value, and this returns ``None`` rather than failing. (Imported here: only this metric needs ``pesq``'s C
+    extension, and torchmetrics offers its PESQ only where that is installed.)
     """
+    import pesq as pesq_backend
+    from torchmetrics.functional.audio import perceptual_evaluation_speech_quality
+
     if sample_rate != PESQ_RATE:
         g = gcd(PESQ_RATE, sample_rate)
         pred, target = (resample_poly(x, PESQ_RATE // g, sample_rate // g) for x in (pred, target))
