@@ -14,8 +14,10 @@
     5 × 256 sine field (``fit_throughput.make_step``, GFLOP/s by ``fit_throughput.flops_per_step``), the NeRF step at
     ``mclnf fit``'s scene defaults (``nerf_fit.step_seconds``), the meta-batch's inner loops vmapped against a Python
     loop (``meta_performance.outer_step``: mcl-nf, second-order, 3 inner steps) and the peak memory of one EMCL
-    meta-step at 1 and 16 inner steps (``mclnf.eval.memory.peak_mib``: on CUDA the allocator's peak; on the CPU the
-    resident peak of a fresh process, ``meta_performance.py --one-memory``) beside second-order's (not with ``--quick``).
+    meta-step at 1, 2 and 16 inner steps beside second-order's (not with ``--quick``): from the second inner step on,
+    each task's inner parameters are its own, so 16 / 2 is the growth with the inner loop's length
+    (``mclnf.eval.memory.peak_mib``: on CUDA the allocator's peak; on the CPU the resident peak of a fresh process,
+    ``meta_performance.py --one-memory``).
     GPU times wait for the device (``torch.cuda.synchronize``).
 
 Without a CUDA device ``--device cuda`` stops at once: one line naming the option, exit status 2. The exit status is 1
@@ -176,9 +178,9 @@ def throughput(devices: list[torch.device], quick: bool) -> list[tuple[str, list
     rows += [(f"meta-batch {batch} vmapped: episodes/s", [g[0] for g in got], "ep/s"), (f"meta-batch {batch} Python loop: episodes/s", [g[1] for g in got], "ep/s"),
              ("vmap / loop", [g[0] / g[1] for g in got], "x")]  # fmt: skip
     for rule in ("emcl",) if quick else ("emcl", "second-order"):
-        peaks = {k: [meta_memory(d, layout, values[:4], rule, k) for d in devices] for k in (1, 16)}
-        rows += [(f"{rule} meta-step peak, 1 inner step: MiB", peaks[1], "MiB"), (f"{rule} meta-step peak, 16 inner steps: MiB", peaks[16], "MiB"),
-                 (f"{rule} peak 16 / 1 inner steps", [b / a if a and b is not None else None for a, b in zip(peaks[1], peaks[16])], "x")]  # fmt: skip
+        peaks = {k: [meta_memory(d, layout, values[:4], rule, k) for d in devices] for k in (1, 2, 16)}
+        rows += [(f"{rule} meta-step peak, {k} inner step{'s' * (k > 1)}: MiB", peaks[k], "MiB") for k in (1, 2, 16)]
+        rows += [(f"{rule} peak 16 / {k} inner steps", [b / a if a and b is not None else None for a, b in zip(peaks[k], peaks[16])], "x") for k in (1, 2)]
     return rows
 
 

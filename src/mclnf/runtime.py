@@ -83,15 +83,24 @@ def world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
-def init_distributed(device: str, backend: str | None = None) -> None:
+def init_distributed(device: str, backend: str | None = None) -> str:
     """Join the process group ``torchrun`` describes (WORLD_SIZE > 1) with ``backend`` (default: nccl for cuda, gloo for
-    the CPU); nothing otherwise."""
+    the CPU); nothing otherwise. Returns this process's device: ``--device cuda`` (no index) under torchrun is
+    ``cuda:LOCAL_RANK`` (modulo the GPUs), so that N processes on one machine use N GPUs; any other name is kept."""
     import os
 
+    import torch
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))  # nccl's collectives run on the current device
+    if not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if device.startswith("cuda") else "gloo"))
+    return device
 
 
 # ---- mixed precision -----------------------------------------------------------------------------

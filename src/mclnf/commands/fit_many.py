@@ -22,7 +22,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -53,7 +52,7 @@ SHOWN_ROWS = 20  # rows of the printed table; summary.csv holds them all
 
 def fit_many(cfg: FitManyConfig) -> dict | None:
     """Fit every signal of ``cfg.folder`` as ``cfg`` says; returns the summary record (None on processes other than the first)."""
-    init_distributed(cfg.device, "gloo")  # only barriers and small messages pass between the processes
+    cfg = dataclasses.replace(cfg, device=init_distributed(cfg.device, "gloo"))  # only barriers and small messages pass between the processes
     rank, size = world()
     try:
         record = fit_folder(cfg, rank, size)
@@ -76,7 +75,7 @@ def fit_folder(cfg: FitManyConfig, rank: int, size: int) -> dict | None:
     signals = load_alike(files, loader_options(cfg, kind), keep={0, *mine}, hint=ALIKE[kind])
     layout = signals[0].layout
     field_config = cfg.field_config(layout)
-    device = process_device(cfg.device, size)
+    device = cfg.device
     out = Path(cfg.out or Path("runs") / f"fit-many-{Path(cfg.folder).resolve().name}-{cfg.activation}")
     cfg = dataclasses.replace(cfg, out=out)
     names = folder_names(files)
@@ -121,13 +120,6 @@ def resolve_as_fit(cfg: FitManyConfig, signal: str, kind: str) -> FitManyConfig:
     shared = {f.name for f in dataclasses.fields(FitConfig)} & {f.name for f in dataclasses.fields(FitManyConfig)}
     as_fit = resolve(FitConfig(signal=signal, **{k: getattr(cfg, k) for k in shared}), kind)
     return dataclasses.replace(cfg, **{k: getattr(as_fit, k) for k in shared} | {"precision": as_fit.precision or "fp32"})
-
-
-def process_device(device: str, size: int) -> str:
-    """This process's device: ``--device cuda`` (no index) under torchrun spreads the processes over the GPUs by local rank."""
-    if device == "cuda" and size > 1:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
-    return device
 
 
 def from_first(value, size: int):

@@ -55,7 +55,7 @@ def meta_batch(n_signals: int, size: int, seed: int, step: int) -> torch.Tensor:
 
 def meta_train(cfg: MetaTrainConfig) -> dict | None:
     """Meta-train as ``cfg`` says; returns the record also written to ``meta_train.json`` (None on processes other than rank 0)."""
-    init_distributed(cfg.device)
+    cfg = dataclasses.replace(cfg, device=init_distributed(cfg.device))
     rank, size = world()
     ds = load(cfg)  # every input error before the output folder is touched
     cfg = resolve_meta(cfg, ds.layout.kind)

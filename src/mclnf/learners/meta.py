@@ -98,7 +98,7 @@ class FirstOrder(SecondOrder):
         return {k: v.detach() for k, v in theta0.items()}
 
     def inner_step(self, opts, theta0, h):
-        return lambda p, g: p - opts.inner_lr * g.detach()
+        return lambda p, g: g.detach().mul_(-opts.inner_lr).add_(p)  # in g's buffer: no graph to keep, one tensor less per step
 
     def outer_params(self, theta0, adapted):
         return {k: theta0[k] + (v - theta0[k].detach()) for k, v in adapted.items()}
