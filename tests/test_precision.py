@@ -192,6 +192,20 @@ def test_fit_default_precision_is_the_measured_one_and_a_run_from_before_resumes
     assert json.loads((old / "metrics.json").read_text())["precision"] == "fp32"
 
 
+def test_fit_default_precision_on_a_gpu_is_fp32():
+    """The defaults' device rule (no GPU needed): bf16 for a sine image only on a CPU that has native bf16; on CUDA
+    fp32, where bf16 steps at fit's batch sizes measured slower (docs/gpu.md)."""
+    from types import SimpleNamespace
+
+    from mclnf.config import default_precision
+    from mclnf.runtime import native_bf16
+
+    sine = dict(activation="sine", optimizer="adam", encoding="none")
+    assert default_precision("image", SimpleNamespace(**sine, device="cuda:0")) == "fp32"
+    assert default_precision("image", SimpleNamespace(**sine, device="cpu")) == ("bf16" if native_bf16("cpu") else "fp32")
+    assert default_precision("image", SimpleNamespace(**{**sine, "encoding": "hashgrid"}, device="cpu")) == "fp32"
+
+
 def test_continual_meta_train_and_meta_test_take_bf16(tmp_path):
     """The other three commands run their training steps under bf16 and record it; the loss after adaptation stays
     near fp32's (the meta-objective under autocast: inner loop and outer loss)."""

@@ -27,6 +27,7 @@ from mclnf.errors import MclnfError
 from mclnf.fields import Field as Network
 from mclnf.options import check_positive_int, parse_options
 from mclnf.runs import RUN_RECORD, load_field, read_record, save_field, write_reconstruction
+from mclnf.runtime import check_device
 from mclnf.signals import Layout, Signal
 
 FIT_OPTIONS = [(FitConfig, ())]
@@ -167,4 +168,9 @@ def load(path: str | os.PathLike) -> Field:
         return Field(network, layout)
     metrics = run / "metrics.json"
     record = json.loads(metrics.read_text()) if metrics.is_file() else {}
-    return Field(network, layout, fit_config(read_record(run)["config"], str(run / RUN_RECORD)), run, record)
+    config = read_record(run)["config"]
+    try:
+        check_device(config.get("device", "cpu"))
+    except MclnfError:  # fitted on a GPU this machine lacks: evaluated and trained further on the CPU
+        config = {**config, "device": "cpu"}
+    return Field(network, layout, fit_config(config, str(run / RUN_RECORD)), run, record)

@@ -52,7 +52,7 @@ SIGNAL_OPTIONS = {  # the loader options that apply to each kind
 FIELD_OPTIONS = ("width", "depth", "activation", "omega0", "first_omega0", "sigma", "s0", "pe_frequencies", "encoding", *HASH_OPTIONS)
 PRECISION_HELP = ("arithmetic of the training steps: fp32, or mixed precision — bf16, or fp16 (cuda only; loss scaling) — matrix products under torch.autocast, "
                   "with parameters, optimizer state, loss, metrics and curvature estimates in float32 (docs/precision.md)")  # fmt: skip
-# mclnf fit's default precision by (kind, activation, optimizer), no encoding, where bf16 is native (runtime.native_bf16): the fastest that costs ≤ 0.3 dB
+# mclnf fit's default precision by (kind, activation, optimizer), no encoding, on a CPU where bf16 is native (runtime.native_bf16): the fastest that costs ≤ 0.3 dB
 # at fit's default budget (benchmarks/fit_throughput.py --fit, docs/precision.md): sine images −0.19 to +0.01 dB in bf16 (camera, 4 Kodak images) at 1.6× the
 # step rate; bf16 cost 1.3–2.0 dB for gaussian, wavelet and hash-grid images and 7 dB for audio, and was no faster for relu-pe: those stay fp32
 PRECISION_DEFAULTS = {("image", "sine", "adam"): "bf16"}
@@ -436,9 +436,11 @@ def resolve(cfg, kind: str):
 
 def default_precision(kind: str, cfg) -> str:
     """``mclnf fit``'s precision for a ``kind`` signal when ``--precision`` is not given: :data:`PRECISION_DEFAULTS` for fields
-    without an encoding, where the device multiplies bfloat16 natively (:func:`~mclnf.runtime.native_bf16`); else fp32."""
+    without an encoding, on a CPU that multiplies bfloat16 natively (:func:`~mclnf.runtime.native_bf16`); else fp32. On
+    CUDA fp32: a step at fit's batch sizes is launch-bound there, and autocast's casts made the 5 × 256 sine step slower
+    on an H200 (bf16 0.71–0.83× fp32's speed at batch 4096, 1.11–1.25× only at 65,536; benchmarks/gpu_check.py, docs/gpu.md)."""
     name = PRECISION_DEFAULTS.get((kind, cfg.activation, cfg.optimizer), "fp32") if cfg.encoding == "none" else "fp32"
-    return name if name == "fp32" or native_bf16(cfg.device) else "fp32"
+    return name if name == "fp32" or (cfg.device.startswith("cpu") and native_bf16("cpu")) else "fp32"
 
 
 def resolve_meta(cfg: MetaTrainConfig, kind: str) -> MetaTrainConfig:

@@ -65,6 +65,39 @@ def test_fit_runs_and_resumes_exactly_on_the_device(device, tmp_path):
     assert iio.imread(tmp_path / "r.png").shape == (16, 16)
 
 
+def test_a_fit_moves_to_the_device_and_back_on_resume(device, tmp_path):
+    """3 steps on the CPU, 3 more on ``device``, 3 more on the CPU: the fit of 9 uninterrupted CPU steps (exactly on the
+    CPU; on a GPU up to its float32 rounding), and the run records the device it ended on."""
+    args = ("fit", "camera", "--resize", 16, "--width", 16, "--depth", 3, "--batch-size", 64, "--quiet")
+    whole, moved = tmp_path / "whole", tmp_path / "moved"
+    assert cli(*args, "--steps", 9, "--out", whole) == 0
+    for steps, where in ((3, "cpu"), (6, device), (9, "cpu")):
+        assert cli(*args, "--steps", steps, "--device", where, "--out", moved, *(("--resume",) if steps > 3 else ())) == 0
+    a, b = (load_file(d / "field.safetensors") for d in (whole, moved))
+    tol = {} if device == "cpu" else {"rtol": 1e-4, "atol": 1e-5}
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], **(tol or {"rtol": 0, "atol": 0}))
+    assert json.loads((moved / "run.json").read_text())["config"]["device"] == "cpu"
+
+
+def test_a_fit_recorded_on_a_gpu_loads_and_trains_on_any_machine(tmp_path):
+    """``mclnf.load`` of a fit run recorded with ``--device cuda`` (its record edited, so the test runs on every machine)
+    on a machine without that device: evaluated and trained further on the CPU, exactly as an uninterrupted run."""
+    import mclnf
+
+    args = dict(resize=16, width=16, depth=3, batch_size=64, quiet=True)
+    whole = mclnf.fit("camera", steps=6, out=tmp_path / "whole", **args)
+    run = tmp_path / "gpu"
+    mclnf.fit("camera", steps=3, out=run, **args)
+    record = json.loads((run / "run.json").read_text())
+    record["config"]["device"] = "cuda:7"
+    (run / "run.json").write_text(json.dumps(record))
+    field = mclnf.load(run)
+    assert field.config.device == ("cuda:7" if torch.cuda.device_count() > 7 else "cpu")
+    if field.config.device == "cpu":
+        assert field.train(3).metrics == whole.metrics and field.steps == 6
+
+
 def test_nerf_fits_renders_and_exports_on_the_device(device, tmp_path):
     run = tmp_path / "lego"
     assert cli("fit", DATA / "nerf" / "lego_100.npz", "--resize", 16, "--samples", 8, "--width", 32, "--depth", 3, "--steps", 3, "--quiet",

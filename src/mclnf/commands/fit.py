@@ -33,7 +33,8 @@ from mclnf.signals.occupancy_grid import OccupancyGrid
 from mclnf.tracking import TENSORBOARD, open_tracker
 from mclnf.train import evaluation_steps, train
 
-RESUMABLE = ("steps", "eval_every", "log_every", "tensorboard", *(f.name for f in dataclasses.fields(RunOptions)))  # may change on --resume: the result stays
+# may change on --resume: the result stays (a new --device: up to the devices' rounding; the checkpoint loads onto the CPU and moves)
+RESUMABLE = ("steps", "eval_every", "log_every", "tensorboard", "device", *(f.name for f in dataclasses.fields(RunOptions)))
 AUTO_RESTART = "auto_restart"  # run.json: --optimizer auto's choice blew up and the run restarted with the safe one
 
 
