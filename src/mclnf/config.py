@@ -56,6 +56,7 @@ PRECISION_HELP = ("arithmetic of the training steps: fp32, or mixed precision �
 # at fit's default budget (benchmarks/fit_throughput.py --fit, docs/precision.md): sine images −0.19 to +0.01 dB in bf16 (camera, 4 Kodak images) at 1.6× the
 # step rate; bf16 cost 1.3–2.0 dB for gaussian, wavelet and hash-grid images and 7 dB for audio, and was no faster for relu-pe: those stay fp32
 PRECISION_DEFAULTS = {("image", "sine", "adam"): "bf16"}
+OFFLINE_BUDGETS = ("stream", "full")  # meta-test's accountings of the offline references (commands/meta_test.py)
 META_TASK_BATCH = {"radiance": 256}  # rays of each task per outer step: a scene block's tasks hold thousands
 
 
@@ -313,6 +314,9 @@ class MetaTestConfig(DeviceOptions, PrecisionOptions, RunOptions, TrackingOption
     baseline_optimizer: str = option("adam", "the baselines' optimizer", choices=tuple(OPTIMIZERS))
     baseline_lr: float = option(1e-4, "the baselines' learning rate")
     batch_size: int | None = option(None, "samples per test-time step (default: the whole task)")
+    offline_budget: list[str] = option(["stream", "full"], "the offline references' (mol, ol) budget at s steps per task: stream (s·T steps of a task's batch on the "
+                                       "whole signal: equal samples seen, T× the updates of a module) and/or full (s steps of T task batches: equal updates "
+                                       "per parameter and equal samples)", choices=OFFLINE_BUDGETS, nargs="+")  # fmt: skip
     grid_steps: list[int] | None = option(None, "steps whose reconstructions are drawn (default: the first and last)")
     grid_signals: int = option(4, "signals in each reconstruction grid")
     seed: int = option(0, "seed of the baselines' initializations and batch orders")
@@ -323,6 +327,9 @@ class MetaTestConfig(DeviceOptions, PrecisionOptions, RunOptions, TrackingOption
         bad = [b for b in self.baselines if b not in CONTINUAL_LEARNERS]
         if bad:
             raise MclnfError(f"--baselines {bad[0]}: unknown; choose from {', '.join(CONTINUAL_LEARNERS)}")
+        bad = [b for b in self.offline_budget if b not in OFFLINE_BUDGETS] or ([] if self.offline_budget else ["(none)"])
+        if bad:
+            raise MclnfError(f"--offline-budget {bad[0]}: choose one or both of {', '.join(OFFLINE_BUDGETS)}")
         if not self.steps or any(s < 1 for s in self.steps):
             raise MclnfError(f"--steps {' '.join(map(str, self.steps))}: step counts must be positive")
         if self.grid_steps is not None and not set(self.grid_steps) <= set(self.steps):

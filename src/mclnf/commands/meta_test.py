@@ -3,8 +3,16 @@
 The meta-test signals are DATASET's meta-test part, loaded with the run's own options (resize, clip,
 split seed …) and checked to be the files the run left out. Every meta-test signal arrives as the
 run's task stream. For every step count s of ``steps`` (1, 2, 4, …, 4096 by default) each method learns
-the stream afresh with s steps per task (the offline methods ``mol`` and ``ol``: s·T steps on the whole
-signal) and the whole signal is scored (PSNR and SSIM, PESQ for audio). Each meta method meets the
+the stream afresh with s steps per task and the whole signal is scored (PSNR and SSIM, PESQ for audio).
+
+The offline references ``mol`` and ``ol`` learn the whole signal, so "s steps per task" needs an accounting
+(``offline_budget``; the MCL-NF paper's Table 1 does not say which it used), and both are scored by default:
+
+* ``stream`` (named ``mol``, ``ol``): s·T steps, each of one task's batch drawn from the whole signal — the
+  samples the stream's methods see, but T× the updates each MCL-NF module gets;
+* ``full`` (named ``mol (full batch)``, ``ol (full batch)``): s steps, each of T tasks' batches (the whole
+  signal when batches are whole tasks) — equal updates per parameter *and* equal samples seen. MOL's
+  meta-training inner steps are full-batch too, so this is also the budget it was meta-trained for. Each meta method meets the
 stream with its own test-time learner (:meth:`mclnf.learners.MetaMethod.test_learner`) and the inner
 loop's optimizer (SGD at the inner learning rate) unless ``test_optimizer`` is given; the baselines
 (``ol``, ``cl``, ``er``, ``ewc``, ``mer``, ``modular``) start from random initializations with
@@ -90,12 +98,34 @@ def make_learner(entry: MetaRun | str, signal: Signal, tasks: list[Task], cfg: M
         return entry.method.test_learner(signal, tasks, opts, entry.theta)
 
 
-def score(entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs: list[MetaRun], steps: list[int], grid_steps: list[int],
+OFFLINE = ("mol", "ol")  # the methods that learn the whole signal at once
+
+
+def entries(runs: list[MetaRun], cfg: MetaTestConfig) -> list[tuple[MetaRun | str, str | None]]:
+    """(method, offline budget) in scoring order: the runs, then the baselines; an offline one once per ``offline_budget``."""
+    method = lambda e: e if isinstance(e, str) else e.config.method  # noqa: E731
+    return [(e, budget) for e in [*runs, *cfg.baselines] for budget in (cfg.offline_budget if method(e) in OFFLINE else [None])]
+
+
+def method_name(entry: MetaRun | str, budget: str | None) -> str:
+    return (entry if isinstance(entry, str) else entry.name) + (" (full batch)" if budget == "full" else "")
+
+
+def budget_note(records: list[dict], tasks: int) -> str:
+    """The line under the tables that says how the offline references were counted (none without them)."""
+    if not any(r["name"].split(" ")[0] in OFFLINE for r in records):
+        return ""
+    return (f"mol, ol: s·{tasks} steps of one task's batch from the whole signal (the samples the stream's methods see, {tasks}× the updates of a "
+            f"module); (full batch): s steps of {tasks} tasks' batches (equal updates per parameter and equal samples). s: steps per task.\n\n")
+
+
+def score(entry: MetaRun | str, budget: str | None, signals: list[Signal], cfg: MetaTestConfig, runs: list[MetaRun], steps: list[int], grid_steps: list[int],
           tracker: Tracker | None = None) -> dict:  # fmt: skip
-    """Every step count of one method on every meta-test signal (on ``cfg.device``); returns its record. ``tracker`` logs the
-    test-time steps (counted over all the method's test-time runs) and the metrics at the end of every run."""
+    """Every step count of one method (an offline one under ``budget``) on every meta-test signal (on ``cfg.device``); returns
+    its record. ``tracker`` logs the test-time steps (counted over all the method's test-time runs) and the metrics at the end
+    of every run."""
     layout, first = runs[0].method.layout, runs[0].config
-    name = entry if isinstance(entry, str) else entry.name
+    name = method_name(entry, budget)
     metric_names = list(layout.metrics(signals[0].values, signals[0].values))
     per_step: dict[int, list[dict]] = {s: [] for s in steps}
     seconds, episodes, recon, offset = 0.0, 0, {}, 0
@@ -103,6 +133,9 @@ def score(entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs
     for i, signal in enumerate(signals):
         tasks = split_signal(signal, first.split, first.tasks)
         batch = cfg.batch_size or max(len(t) for t in tasks)
+        if budget == "full":  # one task, the whole signal, in batches of T tasks' samples
+            whole = split_signal(signal, first.split, 1)
+            tasks, batch = whole, min(batch * len(tasks), len(whole[0]))
         for s in steps:
             learner = make_learner(entry, signal, tasks, cfg, runs[0].base_field, batch)
             per_task, taken = s * learner.updates_per_step, 0.0  # training steps of a task; seconds of this run
@@ -127,11 +160,11 @@ def score(entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs
             done = "  ".join(f"{s}:{per_step[s][-1]['psnr']:.2f}" for s in steps)
             print(f"meta-test {name} signal {i + 1}/{len(signals)}  PSNR by step  {done}", file=sys.stderr)
 
-    tasks = split_signal(signals[0], first.split, first.tasks)  # the memory of test-time optimization: one step per task
-    learner = make_learner(entry, signals[0], tasks, cfg, runs[0].base_field, cfg.batch_size or max(len(t) for t in tasks))
+    tasks = split_signal(signals[0], first.split, 1 if budget == "full" else first.tasks)  # the memory of test-time optimization: one step per task
+    learner = make_learner(entry, signals[0], tasks, cfg, runs[0].base_field, batch)
     peak = allocated_peak_mib(lambda: [learn_task(learner, task, 1, progress=False, precision=precision) for task in tasks])
     curve = {s: {m: finite_mean([r[m] for r in per_step[s]]) for m in metric_names} for s in steps}
-    return {"name": name, "kind": "baseline" if isinstance(entry, str) else "meta", "curve": curve, "per_signal": per_step,
+    return {"name": name, "kind": "baseline" if isinstance(entry, str) else "meta", "tasks": first.tasks, "curve": curve, "per_signal": per_step,
             "summary": {m: summarize(curve, m) for m in metric_names}, "params": sum(p.numel() for p in learner.model.parameters()), "peak_mib": peak,
             "episodes_per_s": episodes / seconds, "test_s": seconds, "recon": recon}  # fmt: skip
 
@@ -148,7 +181,7 @@ def meta_test(cfg: MetaTestConfig) -> list[dict]:
     on = [tensors_to(s, torch.device(cfg.device)) for s in signals]
     with Run(out, "meta-test", to_dict(cfg), cfg.resume, RESUMABLE) as run:
         run.mkdir(out / "methods")
-        records = [method_record(k, entry, on, cfg, runs, steps, grid_steps, run) for k, entry in enumerate([*runs, *cfg.baselines])]
+        records = [method_record(k, entry, budget, on, cfg, runs, steps, grid_steps, run) for k, (entry, budget) in enumerate(entries(runs, cfg))]
         write_outputs(cfg, records, signals, ds, steps, grid_steps, runs[0].config)
     return records
 
@@ -159,14 +192,15 @@ def method_files(out: Path, k: int, name: str) -> tuple[Path, Path]:
     return out / "methods" / f"{tag}.json", out / "methods" / f"{tag}.pt"
 
 
-def method_record(k: int, entry: MetaRun | str, signals: list[Signal], cfg: MetaTestConfig, runs: list[MetaRun], steps: list[int], grid_steps: list[int], run: Run) -> dict:
+def method_record(k: int, entry: MetaRun | str, budget: str | None, signals: list[Signal], cfg: MetaTestConfig, runs: list[MetaRun], steps: list[int],
+                  grid_steps: list[int], run: Run) -> dict:  # fmt: skip
     """The k-th method's record: read from ``methods/`` when resuming a run that scored it, else scored (:func:`score`, logged to
     ``logs/NN-<method>.log.jsonl``) and written there at once — the ``.pt`` (exact, with the reconstructions), then the ``.json`` that marks it done."""
-    as_json, exact = method_files(cfg.out, k, entry if isinstance(entry, str) else entry.name)
+    as_json, exact = method_files(cfg.out, k, method_name(entry, budget))
     if cfg.resume and as_json.is_file():
         return load_checkpoint(exact, ("name", "curve", "per_signal", "summary", "recon"))
     with open_part_log(run, cfg, as_json.stem) as tracker:
-        record = score(entry, signals, cfg, runs, steps, grid_steps, tracker=tracker)
+        record = score(entry, budget, signals, cfg, runs, steps, grid_steps, tracker=tracker)
     save_checkpoint(exact, record)
     write_text(as_json, json.dumps({key: v for key, v in record.items() if key != "recon"}, indent=1, default=str))
     return record
@@ -176,7 +210,7 @@ def write_outputs(cfg: MetaTestConfig, records: list[dict], signals: list[Signal
     """The tables, the curve plot, the reconstruction grids (images) or files (other kinds) and ``metrics.json``."""
     layout, out = ds.layout, cfg.out
     metric_names = list(records[0]["summary"])
-    write_text(out / "table.md", table1(records, metric_names))
+    write_text(out / "table.md", table1(records, metric_names) + budget_note(records, first.tasks))
     write_text(out / "compute.md", compute_table(records, layout.primary_metric))
     plot_meta_test(records, layout.primary_metric, out / f"{layout.primary_metric}_vs_step.png", title=f"{cfg.dataset} · {len(signals)} meta-test signals · {first.tasks} tasks")
     for s in grid_steps:
@@ -195,4 +229,4 @@ def write_outputs(cfg: MetaTestConfig, records: list[dict], signals: list[Signal
 def summary(records: list[dict], out: Path) -> str:
     """What ``mclnf meta-test`` prints at the end: Table 1 of the first metric, the compute table, the output folder."""
     metrics = list(records[0]["summary"])
-    return table1(records, metrics[:1]) + compute_table(records, metrics[0]) + f"outputs in {out}\n"
+    return table1(records, metrics[:1]) + budget_note(records, records[0].get("tasks", "T")) + compute_table(records, metrics[0]) + f"outputs in {out}\n"
