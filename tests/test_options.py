@@ -49,7 +49,7 @@ def test_parsed_arguments_build_the_config():
     cfg = from_args(MetaTestConfig, a)
     assert ([str(r) for r in cfg.runs], cfg.dataset, cfg.steps) == (["r1", "r2"], "data", [1, 4])
     cfg = from_args(MetaTrainConfig, parser().parse_args(["meta-train", "--meta-grad", "emcl", "--emcl-eta", "0.5"]))
-    assert (cfg.dataset, cfg.meta_grad, cfg.emcl_eta) == ("lfw_subset", "emcl", 0.5)
+    assert (cfg.dataset, cfg.meta_grad, cfg.emcl_eta) == ("skimage_patches", "emcl", 0.5)
 
 
 def test_cl_bench_overrides_are_only_what_the_user_gave(monkeypatch):

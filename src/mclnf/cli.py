@@ -70,7 +70,7 @@ def run_meta_test(a) -> str:
 
 
 OVERRIDES = tuple(f.name for f in dataclasses.fields(BenchOverrides))
-NOT_ONLINE = ("modules", "module_width", "fim_lambda", "fisher", "mer_steps")  # field-only options, and MER's pieces (cl-bench: one example each)
+NOT_ONLINE = ("modules", "module_width", "fim_lambda", "fisher", "fim_form", "mer_steps")  # field-only options, and MER's pieces (cl-bench: one example each)
 
 
 def run_cl_bench(a) -> str:
@@ -137,9 +137,10 @@ COMMANDS = {
     ),  # fmt: skip
     "meta-train": Command(
         MetaTrainConfig, "meta-learn a field initialization on a dataset of signals",
-        "Meta-learn the initialization θ₀ of a field on the meta-train part of DATASET (a folder, a glob pattern, or lfw_subset: scikit-image's "
-        "200 faces) with --method, and write init.safetensors, checkpoint.pt (every --checkpoint-every outer steps; --resume continues exactly), "
-        "meta_train.json and meta_train.png to --out. Under torchrun --nproc_per_node=N the meta-batch is split across the processes.",
+        "Meta-learn the initialization θ₀ of a field on the meta-train part of DATASET (a folder, a glob pattern, or a built-in dataset: "
+        "skimage_patches, 664 64 × 64 patches of scikit-image's 14 photos, the default; lfw_subset, its 200 25 × 25 faces) with --method, and "
+        "write init.safetensors, checkpoint.pt (every --checkpoint-every outer steps; --resume continues exactly), meta_train.json and "
+        "meta_train.png to --out. Under torchrun --nproc_per_node=N the meta-batch is split across the processes.",
         ("mclnf meta-train lfw_subset --method mcl-nf --out runs/lfw-mcl-nf",
          "mclnf meta-train '../shared/data/celeba_align/*.jpg' --crop 178 178 --resize 64 --method mcl-nf-fim --meta-grad emcl",
          "mclnf meta-train ../shared/data/librispeech --clip 0.5 --method mol",

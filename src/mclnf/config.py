@@ -205,7 +205,8 @@ class StreamOptions(OptionGroup):
 class DatasetOptions(OptionGroup):
     """dataset"""
 
-    dataset: str = option("lfw_subset", "a folder or glob pattern of images, audio clips or videos, lfw_subset, or one scene (cut into blocks of views)", positional=True)
+    dataset: str = option("skimage_patches", "a folder or glob pattern of images, audio clips or videos, a built-in dataset (skimage_patches: 64 × 64 patches of "
+                          "scikit-image's photos; lfw_subset: its 25 × 25 faces), or one scene (cut into blocks of views)", positional=True)  # fmt: skip
     test_fraction: float = option(0.3, "share of the files kept for meta-test (seeded by --split-seed)")
     split_seed: int = option(0, "seed of the meta-train/meta-test split")
     train_list: str | None = option(None, "a text file naming the meta-train files, one per line (with --test-list)")

@@ -38,23 +38,28 @@ FISHERS = ("kfac-diag", "diagonal")
 
 
 def fim_weights(inputs: list[Tensor], deltas: list[Tensor], lam: float, fisher: str = "kfac-diag", damping: float = 1e-3, mask: Tensor | None = None,
-                group: int = 1) -> Tensor:  # fmt: skip
+                group: int = 1, prior: list[Tensor] | None = None, with_sums: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:  # fmt: skip
     """Per-sample weights w_n = 1 + λ g_nᵀ F⁻¹ g_n / P of the Fisher-information-maximization loss (MCL-NF, eq. 3).
 
     g_n is sample n's gradient of its negative log-likelihood; for a linear layer l it is the outer
     product δ_{l,n} ⊗ [a_{l-1,n}, 1] of the back-propagated error ``deltas[l]`` (N, out) and the
     layer's input ``inputs[l]`` (N, in), so gᵀF⁻¹g is summed layer by layer without ever forming the
-    N × P per-sample gradients. F is the empirical Fisher E_n[g gᵀ] of the batch, block-diagonal over
-    layers, and within a layer
+    N × P per-sample gradients. F is an empirical Fisher E_n[g gᵀ], block-diagonal over layers, and within a layer
 
     * ``kfac-diag`` (default): F ≈ diag(E[δ²]) ⊗ diag(E[a²]) — the diagonals of K-FAC's two factors,
       so gᵀF⁻¹g = (Σ_i δ_i²/E[δ_i²]) (Σ_j a_j²/E[a_j²]): O(N·(in + out)) per layer, free next to the step;
     * ``diagonal``: F = diag E[g²], exactly: two (N × out)·(out × in) products per layer.
 
+    The expectation is over the batch, or — with ``prior``, the sums another call returned (``with_sums``) —
+    over the samples of every batch that went into ``prior`` and this one: the Fisher a task accumulates
+    over its steps (MCL-NF's Algorithm 1, lines 8 and 16). ``with_sums``: also return those sums (Σ_n of the
+    squared factors per layer, and the sample count, detached), to be passed as the next call's ``prior``.
+
     Dividing by P (the number of parameters) is a fixed rescaling of λ that makes it unit-free: for
-    the undamped diagonal Fisher the batch mean of gᵀF⁻¹g is exactly P, so mean w = 1 + λ.
-    ``damping`` adds that fraction of each factor's mean (zero-error samples give g = 0, w = 1).
-    ``mask`` (N,) marks real samples (padding: 0). The weights carry no gradient.
+    the undamped diagonal Fisher of the batch itself the batch mean of gᵀF⁻¹g is exactly P, so mean
+    w = 1 + λ (the paper's λ is this λ / P). ``damping`` adds that fraction of each factor's mean
+    (zero-error samples give g = 0, w = 1). ``mask`` (N,) marks real samples (padding: 0). The weights
+    carry no gradient.
 
     ``group`` > 1: a sample is ``group`` consecutive field evaluations (a ray's points), its gradient
     the sum Σ_s δ_s ⊗ [a_s, 1] over them — formed per sample (N × out × (in + 1) per layer), with F
@@ -69,33 +74,55 @@ def fim_weights(inputs: list[Tensor], deltas: list[Tensor], lam: float, fisher: 
     inputs, deltas = [a.detach() for a in inputs], [d.detach() for d in deltas]
     m = None if mask is None else mask.detach().to(inputs[0].dtype)
     count = inputs[0].new_full((1,), float(N)) if m is None else m.sum().reshape(1)  # Σ_n m_n: also the bias column's Σ m·1²
-    n = count if m is None else count.clamp_min(1)
     colsum = (lambda t: t.sum(0)) if m is None else (lambda t: m @ t)  # noqa: E731  (masked Σ_n of each column)
     tiny = inputs[0].new_full((1,), torch.finfo(inputs[0].dtype).tiny)
     P = sum((a.shape[1] + 1) * d.shape[1] for a, d in zip(inputs, deltas))
     q = inputs[0].new_zeros(N)
-    if group > 1:
-        for a, d in zip(inputs, deltas):
-            a1 = torch.cat([a, torch.ones_like(a[:, :1])], 1)  # the bias's input is 1
-            g2 = torch.einsum("nso,nsi->noi", d.reshape(N, group, -1), a1.reshape(N, group, -1)).square()
-            f = (g2 if m is None else g2 * m[:, None, None]).sum(0) / n
-            f = f + damping * f.mean() + tiny
-            q = q + (g2 / f).sum((1, 2))
-    elif fisher == "diagonal":  # per layer F = [E[δ_i² a_j²] | E[δ_i²]]: (out, in + 1)
-        for a, d in zip(inputs, deltas):
-            a2, d2 = a.square(), d.square()
-            f = torch.cat([(d2 if m is None else d2 * m[:, None]).T @ a2, colsum(d2)[:, None]], 1)
-            t = d2 @ torch.addcdiv(tiny, f.add(f.mean(), alpha=damping), n).reciprocal()  # (N, in + 1)
-            q = q + (t[:, :-1] * a2).sum(1) + t[:, -1]
-    else:  # per layer E[δ²] (out,) and [E[a²], E[1²]] (in + 1,): the factors' diagonals, damped and inverted all at once
+    if group > 1:  # per layer Σ_n g_n² (out, in + 1) of the summed per-sample gradients
+        g2 = [torch.einsum("nso,nsi->noi", d.reshape(N, group, -1), torch.cat([a, torch.ones_like(a[:, :1])], 1).reshape(N, group, -1)).square()
+              for a, d in zip(inputs, deltas)]  # fmt: skip
+        sums = [(g if m is None else g * m[:, None, None]).sum(0) for g in g2]
+    elif fisher == "diagonal":  # per layer Σ_n [δ_i² a_j² | δ_i²]: (out, in + 1)
         a2, d2 = [a.square() for a in inputs], [d.square() for d in deltas]
-        sums = torch.cat([t for a, d in zip(a2, d2) for t in (colsum(d), colsum(a), count)])
+        sums = [torch.cat([(d if m is None else d * m[:, None]).T @ a, colsum(d)[:, None]], 1) for a, d in zip(a2, d2)]
+    else:  # per layer Σ δ² (out,) and [Σ a², Σ 1²] (in + 1,), all layers in one vector
+        a2, d2 = [a.square() for a in inputs], [d.square() for d in deltas]
+        sums = [torch.cat([t for a, d in zip(a2, d2) for t in (colsum(d), colsum(a), count)])]
+    sums.append(count)
+    if prior is not None:
+        sums = [s + p for s, p in zip(sums, prior)]
+    n = sums[-1].clamp_min(1)
+    if group > 1:
+        for g, total in zip(g2, sums):
+            f = total / n
+            q = q + (g / (f + damping * f.mean() + tiny)).sum((1, 2))
+    elif fisher == "diagonal":
+        for a, d, f in zip(a2, d2, sums):
+            t = d @ torch.addcdiv(tiny, f.add(f.mean(), alpha=damping), n).reciprocal()  # (N, in + 1)
+            q = q + (t[:, :-1] * a).sum(1) + t[:, -1]
+    else:  # the factors' diagonals, damped and inverted all at once
         lengths = [k for a, d in zip(a2, d2) for k in (d.shape[1], a.shape[1] + 1)]
-        mean, spread = _segment_means(tuple(lengths), sums.dtype, sums.device)
-        inv = torch.addcdiv(tiny, sums.add(spread @ (sums @ mean), alpha=damping), n).reciprocal().split(lengths)
+        mean, spread = _segment_means(tuple(lengths), sums[0].dtype, sums[0].device)
+        inv = torch.addcdiv(tiny, sums[0].add(spread @ (sums[0] @ mean), alpha=damping), n).reciprocal().split(lengths)
         for a, d, g_inv, s_inv in zip(a2, d2, inv[::2], inv[1::2]):
             q = torch.addcmul(q, d @ g_inv, torch.addmv(s_inv[-1:], a, s_inv[:-1]))
-    return 1 + lam * q / P
+    w = 1 + lam * q / P
+    return (w, sums) if with_sums else w
+
+
+def fim_weight_stats(field: nn.Module, x: Tensor, target: Tensor, lam: float, loss: str = "mse", fisher: str = "kfac-diag",
+                     params: dict[str, Tensor] | None = None) -> dict[str, float]:  # fmt: skip
+    """What the FIM weights of one batch (its own Fisher) look like: their mean and max, and their Pearson correlation
+    with the samples' losses ℓ_n (near 1: the loss leans on the worst-fitted samples). For logs; no gradient."""
+    p = {k: v.detach() for k, v in (params or dict(field.named_parameters())).items()}
+    with torch.enable_grad():
+        taps = [p[f"layers.{i}.bias"].expand(len(x), -1).detach().requires_grad_() for i in range(len(field.layers))]
+        pred, inputs = functional_call(field, p, (x,), {"taps": taps})
+        ell = PER_SAMPLE[loss](pred, target)
+        deltas = torch.autograd.grad(ell.sum(), taps)
+    w, ell = fim_weights(inputs, deltas, lam, fisher).double(), ell.detach().double()
+    corr = torch.corrcoef(torch.stack([w, ell]))[0, 1]
+    return {"fim_w_mean": float(w.mean()), "fim_w_max": float(w.max()), "fim_w_corr_loss": float(corr)}
 
 
 @functools.lru_cache(maxsize=64)
@@ -171,11 +198,23 @@ class _WeightedGradientEager(torch.autograd.Function):
         return (None, None, None, *[None] * L, first, *[None] * (L - 1), *weights, *biases)
 
 
+FIM_FORMS = ("normalized", "paper")
+
+
 def fim_loss(field: nn.Module, x: Tensor, target: Tensor, lam: float, loss: str = "mse", fisher: str = "kfac-diag", mask: Tensor | None = None,
-             observe: Callable | None = None, params: dict[str, Tensor] | None = None) -> Tensor:  # fmt: skip
-    """The FIM loss Σ_n w_n ℓ_n / Σ_n w_n (MCL-NF, Woo et al., eq. 2–3 and Alg. 1 l. 12–14; weights from
-    :func:`fim_weights`, held constant) of a :class:`~mclnf.fields.Field` (``params``: evaluated at these
-    tensors by ``functional_call``, e.g. inside ``torch.func`` transforms; else the module's own).
+             observe: Callable | None = None, params: dict[str, Tensor] | None = None, form: str = "normalized", prior: list[Tensor] | None = None,
+             with_sums: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:  # fmt: skip
+    """The FIM loss (MCL-NF, Woo et al., eq. 2–3 and Alg. 1 l. 8–16; weights from :func:`fim_weights`, held
+    constant) of a :class:`~mclnf.fields.Field` (``params``: evaluated at these tensors by ``functional_call``,
+    e.g. inside ``torch.func`` transforms; else the module's own), in one of two ``form``s:
+
+    * ``normalized`` (mclnf's default): Σ_n w_n ℓ_n / Σ_n w_n with F the batch's own Fisher — a weighted mean,
+      whose scale stays the plain loss's whatever λ;
+    * ``paper``: (1/m) Σ_n w_n ℓ_n, eq. 2 as printed, with F the task's Fisher accumulated over its steps:
+      ``prior`` (the sums an earlier step returned with ``with_sums``; None at a task's first step) plus this
+      batch (:func:`fim_weights`). Its scale grows with the weights (mean 1 + λ).
+
+    ``with_sums``: also return the Fisher's sums after this batch, for the task's next step.
 
     One forward with taps (``Field.forward(x, taps)``) keeps every linear layer's input a_{l-1}, one
     backward of Σ_n ℓ_n with respect to the taps gives the errors δ_l (input gradients only), the
@@ -241,20 +280,23 @@ def fim_loss(field: nn.Module, x: Tensor, target: Tensor, lam: float, loss: str 
             ell, (_, inputs) = losses(taps)
             return ell, inputs, torch.autograd.grad(ell.sum(), taps, retain_graph=True)  # the graph serves the weighted loss's backward
 
+    if form not in FIM_FORMS:
+        raise MclnfError(f"--fim-form {form}: unknown; choose one of {', '.join(FIM_FORMS)}")
     plain = torch._C._functorch.peek_interpreter_stack() is None
     ell, inputs, deltas = errors(graph=not plain)
-    w = fim_weights(inputs, deltas, lam, fisher, mask=mask, group=group)
+    w, sums = fim_weights(inputs, deltas, lam, fisher, mask=mask, group=group, prior=prior, with_sums=True)
     if mask is not None:
         w = w * mask.to(w.dtype)
-    c = w / w.sum()
+    c = w / (w.sum() if form == "normalized" else (len(w) if mask is None else mask.to(w.dtype).sum().clamp_min(1)))
+    done = (lambda v: (v, sums)) if with_sums else (lambda v: v)  # noqa: E731
     if plain and hooked:  # module hooks (K-FAC's) must see the weighted loss's backward: the second backward, as before
-        return (c * ell).sum()
+        return done((c * ell).sum())
     value = (c * ell.detach()).sum()
     if group > 1:
         c = c.repeat_interleave(group)
     if plain:
-        return _WeightedGradientEager.apply(value, c, lambda: errors(graph=True)[1:], *deltas, *inputs, *weights, *biases)
-    return _WeightedGradient.apply(value, c, *deltas, *inputs, *weights, *biases)
+        return done(_WeightedGradientEager.apply(value, c, lambda: errors(graph=True)[1:], *deltas, *inputs, *weights, *biases))
+    return done(_WeightedGradient.apply(value, c, *deltas, *inputs, *weights, *biases))
 
 
 def head_loss(heads: Tensor | None) -> Loss:

@@ -318,3 +318,97 @@ def test_no_gradient_is_needed_for_the_value(tiny):
     with torch.no_grad():
         value = fim_loss(field, x, y, 1.0)
     assert not value.requires_grad and float(value) == pytest.approx(float(reference_fim_loss(field, x, y, 1.0)), rel=1e-12)
+
+
+# ---- the paper's form: (1/m) Σ w ℓ, the task's Fisher accumulated over its steps --------------------
+@pytest.mark.parametrize("fisher", ["kfac-diag", "diagonal"])
+def test_an_accumulated_fisher_is_the_fisher_of_every_sample_so_far(tiny, fisher):
+    """Sums of batch A as the prior of batch B: B's weights are those of A ∪ B's Fisher (same parameters)."""
+    field, x, y = tiny
+    (ia, da), (ib, db), (ic, dc) = (errors_and_inputs(field, xx, yy) for xx, yy in ((x[:15], y[:15]), (x[15:], y[15:]), (x, y)))
+    _, sums = fim_weights(ia, da, 0.9, fisher, with_sums=True)
+    w, both = fim_weights(ib, db, 0.9, fisher, prior=sums, with_sums=True)
+    torch.testing.assert_close(w, fim_weights(ic, dc, 0.9, fisher)[15:], rtol=1e-10, atol=1e-12)
+    assert float(both[-1]) == 40
+
+
+def test_paper_form_over_two_steps_matches_brute_force(tiny):
+    """Two steps of a task (the parameters move between them): step 2's weights use the diagonal Fisher of both
+    batches' per-sample gradients (each at its own step's parameters), its loss is (1/m) Σ w ℓ and its gradient
+    (1/m) Σ w ∇ℓ — brute-force per-sample gradients, float64."""
+    field, x, y = tiny
+    lam, damping, P = 0.8, 1e-3, sum(p.numel() for p in field.parameters())
+    (x1, y1), (x2, y2) = (x[:25], y[:25]), (x[25:], y[25:])
+    loss1, sums = fim_loss(field, x1, y1, lam, fisher="diagonal", form="paper", with_sums=True)
+    G1 = per_sample_grads(field, x1, y1)
+    w1 = 1 + lam * sum((g.square() / (g.square().mean(0) + damping * g.square().mean())).sum((1, 2)) for g in G1) / P
+    assert float(loss1) == pytest.approx(float((w1 * PER_SAMPLE["mse"](field(x1), y1)).mean()), rel=1e-10)  # step 1: its batch's own Fisher
+    with torch.no_grad():
+        for p in field.parameters():
+            p.sub_(0.05 * torch.randn_like(p))  # the parameters move between the steps
+    loss2, _ = fim_loss(field, x2, y2, lam, fisher="diagonal", form="paper", prior=sums, with_sums=True)
+    G2 = per_sample_grads(field, x2, y2)
+    q = torch.zeros(len(x2), dtype=torch.float64)
+    for g1, g2 in zip(G1, G2):
+        F = torch.cat([g1, g2]).square().mean(0)
+        q += (g2.square() / (F + damping * F.mean())).sum((1, 2))
+    w = 1 + lam * q / P
+    ell = PER_SAMPLE["mse"](field(x2), y2)
+    assert float(loss2) == pytest.approx(float((w * ell).mean()), rel=1e-10)
+    params = list(field.parameters())
+    want = torch.autograd.grad((w * ell).mean(), params)
+    for a, b in zip(torch.autograd.grad(loss2, params), want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_paper_form_is_unnormalized_and_the_normalized_form_is_a_weighted_mean(tiny):
+    field, x, y = tiny
+    ell = PER_SAMPLE["mse"](field(x), y)
+    w = fim_weights(*errors_and_inputs(field, x, y), lam=2.0)
+    assert float(fim_loss(field, x, y, 2.0, form="paper")) == pytest.approx(float((w * ell).mean()), rel=1e-10)
+    assert float(fim_loss(field, x, y, 2.0)) == pytest.approx(float((w * ell).sum() / w.sum()), rel=1e-10)
+    with pytest.raises(MclnfError, match="--fim-form eq2: unknown"):
+        fim_loss(field, x, y, 2.0, form="eq2")
+
+
+def test_meta_inner_loop_carries_the_tasks_fisher_in_the_paper_form():
+    """mcl-nf-fim --fim-form paper: k inner SGD steps of one task, each weighted with the Fisher of every step so far,
+    equal a hand-written loop over :func:`fim_loss` threading its sums (float64); the normalized form differs."""
+    ds = load_dataset("lfw_subset", {"resize": 6})
+    y = ds.values("train")[0].double()
+    adapted = {}
+    for form in ("paper", "normalized"):
+        m = MCLNFFIM(ds.layout, FieldConfig(2, 1, width=8, depth=3, omega0=3.0), MetaOptions(method="mcl-nf-fim", inner_steps=3, inner_lr=0.05, fim_form=form))
+        m.template.double()
+        theta = {k: v.double() for k, v in m.init_params(0).items()}
+        xx = m.coords.double()
+        mask = torch.ones(len(y), dtype=torch.float64)
+        adapted[form] = m.adapt(theta, dict(theta), [(xx, y, mask)], None)[0]
+    p, sums = dict(theta), None
+    for _ in range(3):
+        (g, sums) = grad(lambda q: fim_loss(m.template, xx, y, 1.0, mask=mask, params=q, form="paper", prior=sums, with_sums=True), has_aux=True)(p)
+        p = {k: v - 0.05 * g[k] for k, v in p.items()}
+    assert float(sums[-1]) == 3 * len(y)  # three steps' samples
+    torch.testing.assert_close(flat(adapted["paper"].values()), flat(p.values()), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(flat(adapted["paper"].values()), flat(adapted["normalized"].values()))
+
+
+def test_weight_stats_are_those_of_the_weights_and_meta_train_logs_them(tiny, tmp_path):
+    import json
+
+    import numpy as np
+    from conftest import cli
+
+    from mclnf.losses import fim_weight_stats
+
+    field, x, y = tiny
+    w = fim_weights(*errors_and_inputs(field, x, y), lam=1.3)
+    ell = PER_SAMPLE["mse"](field(x), y).detach()
+    stats = fim_weight_stats(field, x, y, 1.3)
+    assert stats["fim_w_mean"] == pytest.approx(float(w.mean()), rel=1e-12) and stats["fim_w_max"] == pytest.approx(float(w.max()), rel=1e-12)
+    assert stats["fim_w_corr_loss"] == pytest.approx(float(np.corrcoef(w.numpy(), ell.numpy())[0, 1]), rel=1e-9)
+    out = tmp_path / "run"
+    assert cli("meta-train", "lfw_subset", "--method", "mcl-nf-fim", "--width", 16, "--depth", 3, "--outer-steps", 2, "--resize", 12, "--log-every", 1,
+               "--quiet", "--out", out) == 0  # fmt: skip
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(1 <= e["fim_w_mean"] <= e["fim_w_max"] and -1 <= e["fim_w_corr_loss"] <= 1 for e in lines if e["event"] == "train")

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mclnf.fields import Field, FieldConfig
-from mclnf.losses import FISHERS, LOSSES
+from mclnf.losses import FIM_FORMS, FISHERS, LOSSES
 from mclnf.optim import build_optimizer
 from mclnf.options import OptionGroup, check_choice, check_non_negative, check_positive, check_positive_int, check_range, check_seed, option
 from mclnf.sampling import Batch, EpochSampler, task_seed
@@ -53,6 +53,8 @@ class StrategyOptions(OptionGroup):
     module_width: int | None = option(None, "modular: hidden units of each module (default: --width / √K, so K modules hold about one field's parameters)")
     fim_lambda: float | None = option(None, "modular: train each module with MCL-NF's FIM loss, w = 1 + λ gᵀF⁻¹g / P (default: the plain loss)")
     fisher: str = option("kfac-diag", "FIM loss: F per layer, diag(E[δ²]) ⊗ diag(E[a²]) or the exact diagonal", choices=FISHERS)
+    fim_form: str = option("normalized", "FIM loss: normalized (Σwℓ / Σw, F of each batch) or paper (eq. 2 as printed: (1/m) Σwℓ, F accumulated over each task's steps, Alg. 1 l. 8–16)",
+                         choices=FIM_FORMS)  # fmt: skip
 
     def check(self):  # every option checked before a run touches its output folder
         check_positive_int(self, "buffer_size", "replay_batch", "fisher_samples", "mer_steps", "mer_batches", "glances", "modules", "module_width")
@@ -62,6 +64,7 @@ class StrategyOptions(OptionGroup):
         if self.fim_lambda is not None:
             check_non_negative(self, "fim_lambda")
         check_choice(self, "fisher", FISHERS)
+        check_choice(self, "fim_form", FIM_FORMS)
 
 
 @dataclass(kw_only=True)

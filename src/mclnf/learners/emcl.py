@@ -51,21 +51,28 @@ class Importance:
         self.eta, self.h = state["eta"], state["h"]
 
 
-def inner_step(theta0: Tensor, h: Tensor, beta: float, lam: float, gamma: float, pgd: bool = True, reg: bool = True) -> Callable[[Tensor, Tensor], Tensor]:
+def inner_step(theta0: Tensor, h: Tensor, beta: float, lam: float, gamma: float, pgd: bool = True, reg: bool = True,
+               in_place: bool = False) -> Callable[[Tensor, Tensor], Tensor]:  # fmt: skip
     """EMCL's inner step (θ, ∇ℓ(θ)) ↦ θ' for one parameter with anchor θ₀ and importance ĥ — proximal
-    (eq. 21), or an ablation's plain or rate-modulated step; its constants are computed once. The step
-    writes its result into ``grad``'s buffer (the gradient is not needed after its step), so an inner loop
-    holds one parameter-sized tensor per step beside θ, whatever its length."""
+    (eq. 21), or an ablation's plain or rate-modulated step; its constants are computed once. ``in_place``:
+    the step writes its result into ``grad``'s buffer (for loops that drop the gradient after its step: they then
+    hold one parameter-sized tensor per step beside θ, whatever the loop's length)."""
     c = gamma * lam * h
     if not reg:
         rate = beta / (1 + c)
-        return lambda theta, grad: grad.mul_(-rate).add_(theta)
+        if in_place:
+            return lambda theta, grad: grad.mul_(-rate).add_(theta)
+        return lambda theta, grad: theta - rate * grad
     if not pgd:
         pull = lam * h
-        return lambda theta, grad: grad.addcmul_(pull, theta - theta0).mul_(-beta).add_(theta)
+        if in_place:
+            return lambda theta, grad: grad.addcmul_(pull, theta - theta0).mul_(-beta).add_(theta)
+        return lambda theta, grad: theta - beta * (grad + pull * (theta - theta0))
     inv = 1 / (1 + c)
     anchor = c * theta0 * inv
-    return lambda theta, grad: grad.mul_(-beta).add_(theta).mul_(inv).add_(anchor)  # (θ − β∇ℓ + cθ₀)/(1 + c)
+    if in_place:
+        return lambda theta, grad: grad.mul_(-beta).add_(theta).mul_(inv).add_(anchor)  # (θ − β∇ℓ + cθ₀)/(1 + c)
+    return lambda theta, grad: torch.addcmul(anchor, theta - beta * grad, inv)
 
 
 def meta_gradient(theta0: Tensor, theta_k: Tensor, h: Tensor, lam: float) -> Tensor:

@@ -57,7 +57,7 @@ from mclnf.learners.continual import FineTune, Offline
 from mclnf.learners.emcl import inner_step as emcl_inner_step
 from mclnf.learners.emcl import meta_gradient
 from mclnf.learners.modular import Modular
-from mclnf.losses import FISHERS, PER_SAMPLE, fim_loss
+from mclnf.losses import FIM_FORMS, FISHERS, PER_SAMPLE, fim_loss, fim_weight_stats
 from mclnf.options import OptionGroup, check_choice, check_non_negative, check_positive, check_positive_int, check_range, option
 from mclnf.sampling import permutation
 from mclnf.signals import Layout, Signal
@@ -110,7 +110,7 @@ class EMCLClosedForm(FirstOrder):
     name = "emcl"
 
     def inner_step(self, opts, theta0, h):
-        return emcl_inner_step(theta0, h, opts.inner_lr, opts.emcl_lambda, opts.inner_lr)
+        return emcl_inner_step(theta0, h, opts.inner_lr, opts.emcl_lambda, opts.inner_lr, in_place=True)  # the inner loop drops g after its step
 
     def outer_params(self, theta0, adapted):
         return adapted  # detached: the outer loss's gradient reaches only OML's representation
@@ -188,6 +188,10 @@ class MetaMethod:
         per = PER_SAMPLE[self.loss_name](self.forward(params, x), y)
         return (per * m).sum() / m.sum()
 
+    def inner_loss(self, params: Params, x: Tensor, y: Tensor, m: Tensor, state) -> tuple[Tensor, object]:
+        """An inner step's loss and what the task's next step needs: tensors, () at a task's first step (here always ())."""
+        return self.loss(params, x, y, m), state
+
     def adapt(self, theta0: Params, fast: Params, data: list[tuple[Tensor, Tensor, Tensor]], h: Params | None) -> tuple[Params, Params]:
         """k inner steps of the rule on each (x, y, mask) of ``data`` in turn, adapting the ``fast``
         parameters (a subset of θ₀'s names, started from ``fast``); returns them and the Taylor
@@ -196,8 +200,9 @@ class MetaMethod:
         steps = {k: self.rule.inner_step(self.opts, theta0[k], None if h is None else h[k]) for k in fast}
         importance = None
         for x, y, m in data:
+            state = ()  # what a task's steps carry from one to the next (:meth:`inner_loss`)
             for _ in range(self.opts.inner_steps):
-                g = grad(lambda p: self.loss({**slow, **p}, x, y, m))(fast)
+                g, state = grad(lambda p: self.inner_loss({**slow, **p}, x, y, m, state), has_aux=True)(fast)
                 if importance is None:
                     importance = {k: (g[k] * theta0[k]).abs().detach() for k in g}
                 fast = {k: steps[k](p, g[k]) for k, p in fast.items()}
@@ -313,11 +318,26 @@ class MCLNF(MetaMethod):
 class MCLNFFIM(MCLNF):
     name = "mcl-nf-fim"
 
-    def loss(self, params, x, y, m):
-        return fim_loss(self.template, x, y, self.opts.fim_lambda, self.loss_name, self.opts.fisher, mask=m, observe=self.layout.observe, params=params)
+    def loss(self, params, x, y, m, prior=None, with_sums=False):
+        o = self.opts
+        return fim_loss(self.template, x, y, o.fim_lambda, self.loss_name, o.fisher, mask=m, observe=self.layout.observe, params=params, form=o.fim_form,
+                        prior=prior, with_sums=with_sums)  # fmt: skip
+
+    def weight_stats(self, theta0: Params, values: Tensor) -> dict[str, float]:
+        """The FIM weights at θ₀ of the first signal's first task (:func:`~mclnf.losses.fim_weight_stats`), logged by meta-train."""
+        real = self.idx[0][self.mask[0] > 0]
+        return fim_weight_stats(self.template, self.coords.to(values)[real], values[0][real], self.opts.fim_lambda, self.loss_name, self.opts.fisher, theta0)
+
+    def inner_loss(self, params, x, y, m, state):
+        """``--fim-form paper``: the task's Fisher accumulates over its inner steps (Alg. 1 l. 8, 16); the outer loss
+        takes the Fisher of its own batch."""
+        if self.opts.fim_form != "paper":
+            return self.loss(params, x, y, m), state
+        return self.loss(params, x, y, m, prior=state or None, with_sums=True)
 
     def test_learner(self, signal, tasks, opts, theta0):
-        return super().test_learner(signal, tasks, dataclasses.replace(opts, fim_lambda=self.opts.fim_lambda, fisher=self.opts.fisher), theta0)
+        o = self.opts
+        return super().test_learner(signal, tasks, dataclasses.replace(opts, fim_lambda=o.fim_lambda, fisher=o.fisher, fim_form=o.fim_form), theta0)
 
 
 META_METHODS: dict[str, type[MetaMethod]] = {c.name: c for c in (MOL, MAMLCL, OML, MCLNF, MCLNFFIM)}
@@ -335,6 +355,8 @@ class MetaOptions(OptionGroup):
     inner_lr: float = option(1e-2, "inner SGD learning rate α (Learned Init's)")
     fim_lambda: float = option(1.0, "mcl-nf-fim: λ in w = 1 + λ gᵀF⁻¹g / P (mean weight 1 + λ)")
     fisher: str = option("kfac-diag", "mcl-nf-fim: F per layer, diag(E[δ²]) ⊗ diag(E[a²]) or the exact diagonal", choices=FISHERS)
+    fim_form: str = option("normalized", "mcl-nf-fim: normalized (Σwℓ / Σw, F of each batch) or paper (eq. 2 as printed: (1/m) Σwℓ, F accumulated over each task's steps, Alg. 1 l. 8–16)",
+                         choices=FIM_FORMS)  # fmt: skip
     emcl_lambda: float = option(1.0, "emcl: strength λ of the proximal pull towards θ₀")
     emcl_eta: float = option(0.9, "emcl: moving-average rate η of the importance h")
     oml_fast_layers: int = option(2, "oml: top layers adapted in the inner loop")
@@ -345,6 +367,7 @@ class MetaOptions(OptionGroup):
         check_choice(self, "method", tuple(META_METHODS))
         check_choice(self, "meta_grad", tuple(META_GRADIENTS))
         check_choice(self, "fisher", FISHERS)
+        check_choice(self, "fim_form", FIM_FORMS)
         check_positive_int(self, "inner_steps", "tasks", "oml_fast_layers", "task_batch")
         check_positive(self, "inner_lr", "emcl_lambda")
         check_non_negative(self, "fim_lambda")

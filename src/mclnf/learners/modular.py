@@ -47,6 +47,7 @@ class Modular(Learner):
         super().__init__(tasks, opts, self.build_model, signal.layout.loss, layout=signal.layout)
         self.hooks: list = []
         self.alone: tuple[int, Field] | None = None  # (module, its standalone copy) while a one-region task trains
+        self.fisher_sums: list[Tensor] | None = None
         self.points_routed = not (signal.kind == "radiance" and self.regions[0].cameras is None)  # else samples along rays cross regions
 
     @classmethod
@@ -66,6 +67,7 @@ class Modular(Learner):
         for h in self.hooks:
             h.remove()
         self.hooks = []
+        self.fisher_sums = None  # the FIM loss's paper form: the task's Fisher, accumulated over its steps
         if len(current) == 1 and self.points_routed:
             k = int(current[0])
             self.alone = (k, self.model.module(k))
@@ -82,6 +84,10 @@ class Modular(Learner):
         if self.alone is None:
             return super().loss(x, y)
         field, o = self.alone[1], self.opts
+        if o.fim_lambda is not None and o.fim_form == "paper":
+            loss, self.fisher_sums = fim_loss(field, x, y, o.fim_lambda, self.likelihood, o.fisher, observe=self.layout.observe, form="paper",
+                                              prior=self.fisher_sums, with_sums=True)  # fmt: skip
+            return loss
         if o.fim_lambda is not None:
             return fim_loss(field, x, y, o.fim_lambda, self.likelihood, o.fisher, observe=self.layout.observe)
         return self.loss_of(self.layout.observe(field, x), y)

@@ -2,7 +2,10 @@
 
 A dataset is named by
 
-* ``lfw_subset`` — scikit-image's 200 gray 25 × 25 faces (the bundled default);
+* ``lfw_subset`` — scikit-image's 200 gray 25 × 25 faces;
+* ``skimage_patches`` — the 14 natural photos bundled with scikit-image (:data:`PATCH_PHOTOS`), in gray, cut
+  into every whole 64 × 64 tile (664 patches); the photos are split, not the patches, so no meta-test patch
+  shares a photo with a meta-train one, and the meta-test patches take the held-out photos in turn;
 * a folder — every supported file in it (sorted by name);
 * a glob pattern — e.g. ``'../shared/data/celeba_align/*.jpg'``;
 * one audio or video file cut into clips (``--clip``): its clips are split instead of files;
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import glob
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mclnf.errors import MclnfError
@@ -32,7 +37,9 @@ from mclnf.signals.image import image_signal
 from mclnf.signals.radiance import scene_blocks
 from mclnf.signals.scenes import is_scene
 
-BUILTIN_DATASETS = ("lfw_subset",)
+BUILTIN_DATASETS = ("lfw_subset", "skimage_patches")
+PATCH_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel", "immunohistochemistry", "moon", "page", "rocket", "text")
+PATCH = 64  # skimage_patches' tile side
 
 
 @dataclass
@@ -62,8 +69,10 @@ class MetaDataset:
 
 def dataset_files(source: str) -> list[str]:
     """The files a dataset spec names (module docstring), as absolute paths, sorted; ``lfw_subset`` gives item names."""
-    if source in BUILTIN_DATASETS:
+    if source == "lfw_subset":
         return [f"lfw_subset[{i}]" for i in range(200)]
+    if source == "skimage_patches":
+        return [f"skimage_patches[{name}]" for name in PATCH_PHOTOS]
     p = Path(source)
     if is_scene(p):  # one scene, cut into blocks of views
         return [str(p.resolve())]
@@ -164,6 +173,17 @@ def cut_clips(signal: Signal, length: int | None) -> list[Signal]:
             for k in range(total // length)]  # fmt: skip
 
 
+def photo_tiles(name: str) -> dict[tuple[int, int], np.ndarray]:
+    """Every whole :data:`PATCH` × :data:`PATCH` tile of scikit-image's bundled photo ``name`` by its top-left corner:
+    (PATCH, PATCH, C) uint8 (C = 1 for gray photos, 3 for colour ones)."""
+    import skimage.data
+
+    photo = getattr(skimage.data, name)()
+    photo = photo[..., None] if photo.ndim == 2 else photo[..., :3]
+    H, W = photo.shape[:2]
+    return {(t, s): photo[t : t + PATCH, s : s + PATCH] for t in range(0, H - PATCH + 1, PATCH) for s in range(0, W - PATCH + 1, PATCH)}
+
+
 def load_dataset(source: str, options: dict, test_fraction: float = 0.3, split_seed: int = 0, lists: tuple[str, str] | None = None,
                  clip: float | int | None = None, block_views: int | None = None) -> MetaDataset:  # fmt: skip
     """Load a dataset (module docstring). ``options`` are the signal loader's (``resize``, ``crop``,
@@ -180,16 +200,19 @@ def load_dataset(source: str, options: dict, test_fraction: float = 0.3, split_s
     if len(files) == 1 and kind != "radiance" and (clip is None or kind not in ("audio", "video")):
         raise MclnfError(f"{source}: a single file is a dataset only as an audio or video file cut into clips (--clip)")
     faces = None
-    if source in BUILTIN_DATASETS:
+    if source == "lfw_subset":
         import skimage.data
 
         faces = skimage.data.lfw_subset()
+    image_options = {k: v for k, v in options.items() if k in ("resize", "crop", "gray", "pad") and v is not None}
 
     def load(name: str) -> list[Signal]:
         if faces is not None:
             index = int(name[len("lfw_subset[") : -1])
-            sig = image_signal(faces[index][..., None], name, **{k: v for k, v in options.items() if k in ("resize", "crop", "gray", "pad") and v is not None})
-            return [sig]
+            return [image_signal(faces[index][..., None], name, **image_options)]
+        if source == "skimage_patches":
+            photo = name[len("skimage_patches[") : -1]
+            return [image_signal(tile, f"{photo}@{top},{left}", **{**image_options, "gray": True}) for (top, left), tile in photo_tiles(photo).items()]
         sig = load_signal(name, **options)
         if kind == "radiance":
             return scene_blocks(sig, block_views or 8)
@@ -205,7 +228,10 @@ def load_dataset(source: str, options: dict, test_fraction: float = 0.3, split_s
     else:
         train_files, test_files = split_files(files, test_fraction, split_seed, lists)
         train = [s for f in train_files for s in load(f)]
-        test = [s for f in test_files for s in load(f)]
+        per_file = [load(f) for f in test_files]
+        if source == "skimage_patches":  # round-robin over the photos: the first N meta-test patches (--signals N) span them
+            per_file = [[s for s in turn if s is not None] for turn in zip_longest(*per_file)]
+        test = [s for signals in per_file for s in signals]
     layout = train[0].layout
     for s in train + test:
         if s.layout != layout:

@@ -1,0 +1,28 @@
+"""The built-in meta-learning datasets: ``skimage_patches`` against the photos it is cut from."""
+
+import numpy as np
+import skimage.data
+import torch
+
+from mclnf.signals.datasets import PATCH_PHOTOS, load_dataset
+
+
+def test_skimage_patches_are_every_tile_of_the_photos_split_by_photo():
+    ds = load_dataset("skimage_patches", {})
+    every = ds.train + ds.test
+    expected = sum((np.asarray(getattr(skimage.data, p)()).shape[0] // 64) * (np.asarray(getattr(skimage.data, p)()).shape[1] // 64) for p in PATCH_PHOTOS)
+    assert len(every) == expected == 664
+    assert len({s.name for s in every}) == 664 and all(s.values.shape == (4096, 1) for s in every)
+    photo = lambda s: s.name.split("@")[0]  # noqa: E731
+    train_photos, test_photos = {photo(s) for s in ds.train}, {photo(s) for s in ds.test}
+    assert not train_photos & test_photos and len(test_photos) == round(0.3 * len(PATCH_PHOTOS))  # 70/30 over photos, seeded
+    assert len({photo(s) for s in ds.test[: len(test_photos)]}) == len(test_photos)  # the first held-out patches span the photos
+
+
+def test_a_patch_is_its_tile_in_gray():
+    """camera (gray) and astronaut (colour, ITU-R 601 luma as --gray), tile at row 64, column 128, brute force."""
+    signals = {s.name: s for s in (lambda d: d.train + d.test)(load_dataset("skimage_patches", {}))}
+    camera = skimage.data.camera()[64:128, 128:192].astype(np.float32) / 255
+    astronaut = skimage.data.astronaut()[64:128, 128:192].astype(np.float32) / 255 @ np.array([0.299, 0.587, 0.114], np.float32)
+    for name, tile in (("camera@64,128", camera), ("astronaut@64,128", astronaut)):
+        torch.testing.assert_close(signals[name].values.reshape(64, 64), torch.from_numpy(tile), rtol=0, atol=1e-6)
