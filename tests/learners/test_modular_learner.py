@@ -53,3 +53,19 @@ def test_every_module_starts_from_the_meta_learned_init():
         learn_task(learner, task, 3, progress=False)
     assert not torch.equal(learner.model.module(1).state_dict()["layers.0.weight"], theta0["layers.0.weight"])
     assert all(torch.equal(v, theta0[n]) for n, v in learner.init.state_dict().items())  # θ₀ itself never moves
+
+
+def test_the_fim_loss_paper_form_accumulates_each_tasks_fisher_and_starts_afresh():
+    """--fim-form paper: after k steps of a task its Fisher holds k batches' samples; the next task starts from none;
+    the normalized form carries nothing."""
+    signal, tasks = stream()
+    paper = Modular.for_signal(signal, tasks, CONFIG, LearnerOptions(optimizer="sgd", lr=0.1, batch_size=64, fim_lambda=1.0, fim_form="paper"))
+    learn_task(paper, tasks[0], 5, progress=False)
+    assert float(paper.fisher_sums[-1]) == 5 * 64
+    paper.before_task(tasks[1])
+    assert paper.fisher_sums is None
+    learn_task(paper, tasks[1], 2, progress=False)
+    assert float(paper.fisher_sums[-1]) == 2 * 64
+    normalized = Modular.for_signal(signal, tasks, CONFIG, LearnerOptions(optimizer="sgd", lr=0.1, batch_size=64, fim_lambda=1.0))
+    learn_task(normalized, tasks[0], 3, progress=False)
+    assert normalized.fisher_sums is None

@@ -12,8 +12,9 @@ The offline references ``mol`` and ``ol`` learn the whole signal, so "s steps pe
   samples the stream's methods see, but T× the updates each MCL-NF module gets;
 * ``full`` (named ``mol (full batch)``, ``ol (full batch)``): s steps, each of T tasks' batches (the whole
   signal when batches are whole tasks) — equal updates per parameter *and* equal samples seen. MOL's
-  meta-training inner steps are full-batch too, so this is also the budget it was meta-trained for. Each meta method meets the
-stream with its own test-time learner (:meth:`mclnf.learners.MetaMethod.test_learner`) and the inner
+  meta-training inner steps are full-batch too, so this is also the budget it was meta-trained for.
+
+Each meta method meets the stream with its own test-time learner (:meth:`mclnf.learners.MetaMethod.test_learner`) and the inner
 loop's optimizer (SGD at the inner learning rate) unless ``test_optimizer`` is given; the baselines
 (``ol``, ``cl``, ``er``, ``ewc``, ``mer``, ``modular``) start from random initializations with
 ``baseline_optimizer`` (Adam 1e-4, as ``mclnf continual``).

@@ -67,7 +67,7 @@ class Modular(Learner):
         for h in self.hooks:
             h.remove()
         self.hooks = []
-        self.fisher_sums = None  # the FIM loss's paper form: the task's Fisher, accumulated over its steps
+        self.fisher_sums = None  # a new task's Fisher starts afresh
         if len(current) == 1 and self.points_routed:
             k = int(current[0])
             self.alone = (k, self.model.module(k))
@@ -84,12 +84,11 @@ class Modular(Learner):
         if self.alone is None:
             return super().loss(x, y)
         field, o = self.alone[1], self.opts
-        if o.fim_lambda is not None and o.fim_form == "paper":
-            loss, self.fisher_sums = fim_loss(field, x, y, o.fim_lambda, self.likelihood, o.fisher, observe=self.layout.observe, form="paper",
-                                              prior=self.fisher_sums, with_sums=True)  # fmt: skip
-            return loss
         if o.fim_lambda is not None:
-            return fim_loss(field, x, y, o.fim_lambda, self.likelihood, o.fisher, observe=self.layout.observe)
+            loss, sums = fim_loss(field, x, y, o.fim_lambda, self.likelihood, o.fisher, observe=self.layout.observe, form=o.fim_form, prior=self.fisher_sums,
+                                  with_sums=True)  # fmt: skip
+            self.fisher_sums = sums if o.fim_form == "paper" else None  # the paper's form: the task's Fisher, accumulated over its steps
+            return loss
         return self.loss_of(self.layout.observe(field, x), y)
 
     def after_task(self, task: Task) -> None:
