@@ -44,3 +44,14 @@ def test_an_empty_budget_is_one_line(mol_run, tmp_path, capsys):
     assert cli("meta-test", mol_run, "lfw_subset", "--offline-budget", "--out", tmp_path / "x") == 2
     assert "--offline-budget" in one_line(capsys.readouterr().err)
     assert not (tmp_path / "x").exists()
+
+
+def test_runs_of_one_method_are_named_by_their_folders(mol_run, tmp_path):
+    import shutil
+
+    other = tmp_path / "mol-again"
+    shutil.copytree(mol_run, other)
+    out = tmp_path / "test"
+    assert cli("meta-test", mol_run, other, "lfw_subset", "--steps", 1, "--signals", 1, "--baselines", "--offline-budget", "full", "--quiet", "--out", out) == 0
+    names = [m["name"] for m in json.loads((out / "metrics.json").read_text())["methods"]]
+    assert names == ["mol [mol] (full batch)", "mol [mol-again] (full batch)"]

@@ -108,8 +108,12 @@ def entries(runs: list[MetaRun], cfg: MetaTestConfig) -> list[tuple[MetaRun | st
     return [(e, budget) for e in [*runs, *cfg.baselines] for budget in (cfg.offline_budget if method(e) in OFFLINE else [None])]
 
 
-def method_name(entry: MetaRun | str, budget: str | None) -> str:
-    return (entry if isinstance(entry, str) else entry.name) + (" (full batch)" if budget == "full" else "")
+def method_name(entry: MetaRun | str, budget: str | None, runs: list[MetaRun]) -> str:
+    """How a method's record is named: the baseline's or run's method, with its run folder when runs share one, and its budget."""
+    name = entry if isinstance(entry, str) else entry.name
+    if not isinstance(entry, str) and sum(r.name == name for r in runs) > 1:
+        name += f" [{(entry.path if entry.path.is_dir() else entry.path.parent).name}]"
+    return name + (" (full batch)" if budget == "full" else "")
 
 
 def budget_note(records: list[dict], tasks: int) -> str:
@@ -126,7 +130,7 @@ def score(entry: MetaRun | str, budget: str | None, signals: list[Signal], cfg: 
     its record. ``tracker`` logs the test-time steps (counted over all the method's test-time runs) and the metrics at the end
     of every run."""
     layout, first = runs[0].method.layout, runs[0].config
-    name = method_name(entry, budget)
+    name = method_name(entry, budget, runs)
     metric_names = list(layout.metrics(signals[0].values, signals[0].values))
     per_step: dict[int, list[dict]] = {s: [] for s in steps}
     seconds, episodes, recon, offset = 0.0, 0, {}, 0
@@ -197,7 +201,7 @@ def method_record(k: int, entry: MetaRun | str, budget: str | None, signals: lis
                   grid_steps: list[int], run: Run) -> dict:  # fmt: skip
     """The k-th method's record: read from ``methods/`` when resuming a run that scored it, else scored (:func:`score`, logged to
     ``logs/NN-<method>.log.jsonl``) and written there at once — the ``.pt`` (exact, with the reconstructions), then the ``.json`` that marks it done."""
-    as_json, exact = method_files(cfg.out, k, method_name(entry, budget))
+    as_json, exact = method_files(cfg.out, k, method_name(entry, budget, runs))
     if cfg.resume and as_json.is_file():
         return load_checkpoint(exact, ("name", "curve", "per_signal", "summary", "recon"))
     with open_part_log(run, cfg, as_json.stem) as tracker:
