@@ -58,7 +58,7 @@ def test_flags_on_the_command_line_override_the_file(tmp_path, seen):
 
 @pytest.mark.parametrize("command, text, expect", [
     ("continual", "signal: camera\nlearner: er\ngrid: [2, 2]\nbuffer_size: 99\n", {"learner": "er", "grid": (2, 2), "buffer_size": 99}),
-    ("meta-train", "method: mol\nmeta-grad: emcl\nouter_steps: 3\n", {"dataset": "lfw_subset", "method": "mol", "meta_grad": "emcl", "outer_steps": 3}),
+    ("meta-train", "method: mol\nmeta-grad: emcl\nouter_steps: 3\n", {"dataset": "skimage_patches", "method": "mol", "meta_grad": "emcl", "outer_steps": 3}),
     ("meta-test", "paths: [runs/a, runs/b, lfw_subset]\nsteps: [1, 4]\nbaselines: []\n", {"paths": ["runs/a", "runs/b", "lfw_subset"], "steps": [1, 4], "baselines": []}),
     ("cl-bench", "bench: mnist-permutations\nmethod: [er, emcl]\nemcl-no-pgd: true\nlr: 0.1\n", {"bench": "mnist-permutations", "methods": ["er", "emcl"], "emcl_pgd": False, "lr": 0.1}),
     ("render", "run: runs/camera\nout: render.png\n", {"run": Path("runs/camera"), "out": Path("render.png")}),
