@@ -36,6 +36,13 @@ def cli(*args) -> int:
         return e.code
 
 
+def tiny_meta_run(out, method: str):
+    """A meta-train run of ``method`` on 12 × 12 lfw_subset faces, small enough for a test (3 × 16 field, 1 inner step); its folder."""
+    assert cli("meta-train", "lfw_subset", "--method", method, "--width", 16, "--depth", 3, "--inner-steps", 1, "--meta-batch", 2, "--outer-steps", 3,
+               "--resize", 12, "--quiet", "--out", out) == 0  # fmt: skip
+    return out
+
+
 def one_line(err: str) -> str:
     """The single line a user error prints (no traceback)."""
     assert "Traceback" not in err

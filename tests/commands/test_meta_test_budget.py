@@ -4,15 +4,12 @@
 import json
 
 import pytest
-from conftest import cli, one_line
+from conftest import cli, one_line, tiny_meta_run
 
 
 @pytest.fixture(scope="module")
 def mol_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("meta") / "mol"
-    assert cli("meta-train", "lfw_subset", "--method", "mol", "--width", 16, "--depth", 3, "--inner-steps", 1, "--meta-batch", 2, "--outer-steps", 2,
-               "--resize", 12, "--quiet", "--out", out) == 0  # fmt: skip
-    return out
+    return tiny_meta_run(tmp_path_factory.mktemp("meta") / "mol", "mol")
 
 
 def train_lines(log) -> list[dict]:

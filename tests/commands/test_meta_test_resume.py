@@ -4,7 +4,7 @@ scores only the methods left and writes the tables an uninterrupted run writes."
 import json
 
 import pytest
-from conftest import cli, one_line
+from conftest import cli, one_line, tiny_meta_run
 
 from mclnf.commands import meta_test
 
@@ -14,10 +14,7 @@ ARGS = ("lfw_subset", "--steps", 1, 4, "--signals", 2, "--baselines", "cl", "er"
 
 @pytest.fixture(scope="module")
 def meta_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("meta") / "mcl-nf"
-    assert cli("meta-train", "lfw_subset", "--method", "mcl-nf", "--width", 16, "--depth", 3, "--inner-steps", 1, "--meta-batch", 2, "--outer-steps", 3,
-               "--resize", 12, "--quiet", "--out", out) == 0  # fmt: skip
-    return out
+    return tiny_meta_run(tmp_path_factory.mktemp("meta") / "mcl-nf", "mcl-nf")
 
 
 def counted_score(monkeypatch, fail_at: int | None = None) -> list[str]:

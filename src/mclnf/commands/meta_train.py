@@ -32,7 +32,6 @@ from mclnf.eval.plots import plot_meta_curve
 from mclnf.io import load_checkpoint, save_checkpoint, write_text
 from mclnf.learners import meta_method
 from mclnf.learners.emcl import Importance
-from mclnf.learners.meta import MCLNFFIM
 from mclnf.options import to_dict
 from mclnf.runs import Run, prepare_out, save_init
 from mclnf.runtime import Precision, init_distributed, world
@@ -111,8 +110,8 @@ def outer_loop(cfg: MetaTrainConfig, ds: MetaDataset, method, rank: int, size: i
             elapsed += perf_counter() - t0
             curve.append({"step": step, "loss": loss, "grad_norm": grad_norm, "time_s": elapsed})
             if logged:
-                fim = method.weight_stats(theta, values[batch[:1]]) if isinstance(method, MCLNFFIM) and method.layout.kind != "radiance" else {}  # not timed
-                tracker.train_step(step, loss, elapsed, lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm, update_norm=norm(v - b for v, b in zip(theta.values(), before)), **fim)
+                tracker.train_step(step, loss, elapsed, lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm, update_norm=norm(v - b for v, b in zip(theta.values(), before)),
+                                   **method.weight_stats(theta, values[batch[:1]]))  # fmt: skip  (mcl-nf-fim: its weights; not timed)
             bar.update()
             bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
             if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.outer_steps):

@@ -188,6 +188,10 @@ class MetaMethod:
         per = PER_SAMPLE[self.loss_name](self.forward(params, x), y)
         return (per * m).sum() / m.sum()
 
+    def weight_stats(self, theta0: Params, values: Tensor) -> dict[str, float]:
+        """Statistics of the loss's sample weights at θ₀ for meta-train's log (here none: the loss is unweighted)."""
+        return {}
+
     def inner_loss(self, params: Params, x: Tensor, y: Tensor, m: Tensor, state) -> tuple[Tensor, object]:
         """An inner step's loss and what the task's next step needs: tensors, () at a task's first step (here always ())."""
         return self.loss(params, x, y, m), state
@@ -324,7 +328,10 @@ class MCLNFFIM(MCLNF):
                         prior=prior, with_sums=with_sums)  # fmt: skip
 
     def weight_stats(self, theta0: Params, values: Tensor) -> dict[str, float]:
-        """The FIM weights at θ₀ of the first signal's first task (:func:`~mclnf.losses.fim_weight_stats`), logged by meta-train."""
+        """The FIM weights at θ₀ of the first signal's first task (:func:`~mclnf.losses.fim_weight_stats`); none for scene
+        blocks (their rays are the objective's own coordinates)."""
+        if self.layout.kind == "radiance":
+            return {}
         real = self.idx[0][self.mask[0] > 0]
         return fim_weight_stats(self.template, self.coords.to(values)[real], values[0][real], self.opts.fim_lambda, self.loss_name, self.opts.fisher, theta0)
 
