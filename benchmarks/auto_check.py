@@ -31,11 +31,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
     p.add_argument("--out", type=Path, default=Path("runs/auto-check"))
+    p.add_argument("--activations", nargs="*", default=None, help="only these activations' exceptions")
+    p.add_argument("--shard", default="1/1", help="i/n: fit only every n-th image from the i-th (several processes fill one --out; "
+                   "run once more without it for the summary)")
     a = p.parse_args()
-    images = sorted((a.data / "kodak").glob("*.png")) + sorted((a.data / "div2k").glob("*.png"))
+    index, count = map(int, a.shard.split("/"))
+    images = (sorted((a.data / "kodak").glob("*.png")) + sorted((a.data / "div2k").glob("*.png")))[index - 1 :: count]
     print(f"# --optimizer auto vs the default — {len(images)} images at 256², 2000 steps, seed 0; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     for (kind, activation), (optimizer, lr, _) in EXCEPTIONS.items():
-        if kind != "image":
+        if kind != "image" or (a.activations and activation not in a.activations):
             continue
         gains = []
         for image in images:

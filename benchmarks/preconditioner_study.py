@@ -81,6 +81,7 @@ IMAGE_LR = {  # optimizer: (lr, {activation: lr}), the paper's learning rates
     "sgd": (1.0, {}),
     "esgd": (0.15, {}),
     "esgd-corrected": (0.15, {}),
+    "esgd-robust": (0.15, {}),
     "adahessian-j": (0.15, {}),
     "adahessian-e": (0.15, {}),
     "shampoo": (0.1, {"sine": 0.01}),

@@ -29,7 +29,8 @@ class AdaHessian(torch.optim.Optimizer):
         m_t = β1 m_{t-1} + (1-β1) g_t                          (every step)
         D_n = β2 D_{n-1} + (1-β2) s_t                          (refresh steps only; n counts refreshes)
         D̂   = D_n / (1 - β2^τ)     τ = n ("per-update") or τ = t ("reference")
-        θ_t = θ_{t-1} - lr · (m_t / (1 - β1^t)) / (P(D̂)^k + eps) - lr · wd · θ_{t-1}
+        θ_t = θ_{t-1} - lr_t · (m_t / (1 - β1^t)) / (P(D̂)^k + eps) - lr_t · wd · θ_{t-1}
+        lr_t = lr · min(1, t / lr_warmup)                      (lr_warmup = 0: lr_t = lr)
 
     where :math:`P(D̂) = \sqrt{D̂}` (equilibrated) or :math:`|D̂|` (Jacobi), so both are on the scale of
     :math:`|H|`, and :math:`k` is ``hessian_power``. The diagonal is refreshed on every step
@@ -52,6 +53,7 @@ class AdaHessian(torch.optim.Optimizer):
         warmup: number of initial steps that all refresh (≥ 0).
         bias_correction: "per-update" (textbook: τ counts refreshes) or "reference" (τ counts all steps,
             as the paper's code does; an implicit warm-up when ``update_every > 1``).
+        lr_warmup: ramp the learning rate up linearly over the first ``lr_warmup`` steps (0: no ramp).
         seed: seeds this optimizer's own generator for the Rademacher draws (saved in ``state_dict``,
             so a resumed run draws the same vectors); ``None`` draws from torch's global generator.
 
@@ -80,6 +82,7 @@ class AdaHessian(torch.optim.Optimizer):
         warmup: int = 0,
         bias_correction: str = "per-update",
         seed: int | None = None,
+        lr_warmup: int = 0,
     ):
         _check_group(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, hessian_power=hessian_power)
         if estimator not in ESTIMATORS:
@@ -90,6 +93,8 @@ class AdaHessian(torch.optim.Optimizer):
             raise ValueError(f"Invalid warmup: {warmup!r}; must be an integer ≥ 0")
         if bias_correction not in BIAS_CORRECTIONS:
             raise ValueError(f"Invalid bias_correction: {bias_correction!r}; choose one of {', '.join(BIAS_CORRECTIONS)}")
+        if isinstance(lr_warmup, bool) or not isinstance(lr_warmup, int) or lr_warmup < 0:
+            raise ValueError(f"Invalid lr_warmup: {lr_warmup!r}; must be an integer ≥ 0")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"Invalid seed: {seed!r}; must be an integer or None")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, hessian_power=hessian_power)
@@ -98,6 +103,7 @@ class AdaHessian(torch.optim.Optimizer):
             _check_group(**{k: group[k] for k in defaults})
         self.estimator, self.update_every, self.warmup = estimator, update_every, warmup
         self.bias_correction, self.seed = bias_correction, seed
+        self.lr_warmup = lr_warmup
         self._steps = 0  # step() calls so far: drives the refresh schedule
         self._generator: torch.Generator | None = None
         self._rng_state: Tensor | None = None  # a loaded generator state, applied when the generator is made
@@ -166,6 +172,7 @@ class AdaHessian(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         refresh = self.needs_create_graph()
+        ramp = min(1.0, (self._steps + 1) / self.lr_warmup) if self.lr_warmup else 1.0
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         for p in params:
             if p.grad.is_sparse:
@@ -173,7 +180,7 @@ class AdaHessian(torch.optim.Optimizer):
         samples = dict(zip(params, self._diagonal_sample(params))) if refresh and params else {}
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            lr, eps, wd, k = group["lr"], group["eps"], group["weight_decay"], group["hessian_power"]
+            lr, eps, wd, k = group["lr"] * ramp, group["eps"], group["weight_decay"], group["hessian_power"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
