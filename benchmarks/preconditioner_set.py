@@ -168,7 +168,7 @@ def report(args) -> None:
     steps = recs[0]["steps"]
     med = lambda v: f"{statistics.median(v):+.2f}" if v else "–"  # noqa: E731
     lines = [f"# preconditioner set study: {len(recs[0]['images'])} images at 256², batch 512, 5×256, {steps} steps; {recs[0]['device']}, torch {recs[0]['torch']}",
-             f"# Δ: PSNR minus Adam's on the same image and seed; worse: Δ < -0.1 dB (div2k | kodak); time ratio = steps ratio × cost per step "
+             f"# Δ: PSNR minus Adam's on the same image and seed; worse: Δ < -0.1 dB, on div2k + kodak photos; time ratio = steps ratio × cost per step "
              f"relative to Adam ({', '.join(f'{k} {v:g}' for k, v in cost.items())}: optimizer_step_time.py)",
              "", f"| activation | optimizer | runs | final PSNR median [min, max] | Δ at {DEFAULT_STEPS}: median [min] | worse at {DEFAULT_STEPS} | Δ final: median [min] | worse final "
              "| diverged | reach Adam's final | steps ratio median | time ratio median |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -197,8 +197,8 @@ def report(args) -> None:
                         ratios.append(reached / steps)
             n = sum(len(r["curves"]) for r, _ in pairs)
             span = f"{statistics.median(finals):.2f} [{min(finals):.2f}, {max(finals):.2f}]" if finals else "–"
-            lines.append(f"| {a} | {o} | {n} | {span} | {med(d2k)} [{min(d2k, default=float('nan')):+.2f}] | {worse2k['div2k']} \\| {worse2k['kodak']} | "
-                         f"{med(dfin)} [{min(dfin, default=float('nan')):+.2f}] | {worsefin['div2k']} \\| {worsefin['kodak']} | {diverged} | {len(ratios)}/{n} | "
+            lines.append(f"| {a} | {o} | {n} | {span} | {med(d2k)} [{min(d2k, default=float('nan')):+.2f}] | {worse2k['div2k']} + {worse2k['kodak']} | "
+                         f"{med(dfin)} [{min(dfin, default=float('nan')):+.2f}] | {worsefin['div2k']} + {worsefin['kodak']} | {diverged} | {len(ratios)}/{n} | "
                          f"{statistics.median(ratios) if ratios else float('nan'):.2f} | {statistics.median(ratios) * cost[o] if ratios else float('nan'):.2f} |")  # fmt: skip
     text = "\n".join(lines)
     print(text)

@@ -28,6 +28,7 @@ CONVERGENCE = {
     "sgd": dict(quad=(0.019, 1000), rosen=(0.02, 1500, 1e-3), lsq=(0.4, 1500, 1e-6)),
     "esgd": dict(quad=(0.15, 300), rosen=(0.15, 1500, 1e-2), lsq=(0.15, 300, 1e-6)),
     "esgd-corrected": dict(quad=(0.15, 300), rosen=(0.15, 3000, 5e-2), lsq=(0.15, 300, 1e-6)),
+    "esgd-robust": dict(quad=(0.15, 350), rosen=(0.15, 3000, 5e-2), lsq=(0.15, 350, 1e-6)),
     "adahessian-j": dict(quad=(0.15, 300), rosen=(0.15, 1500, 5e-2), lsq=(0.15, 300, 1e-6)),
     "adahessian-e": dict(quad=(0.15, 300), rosen=(0.15, 3000, 5e-2), lsq=(0.15, 300, 1e-6)),
     "shampoo": dict(quad=(1.0, 500), rosen=(0.1, 3000, 5e-2), lsq=(0.3, 1000, 1e-6)),
@@ -39,13 +40,14 @@ _CURV = [
     (dict(lr=-1.0), "lr"), (dict(betas=(1.0, 0.999)), "betas[0]"), (dict(betas=(0.9, -0.1)), "betas[1]"),
     (dict(eps=0.0), "eps"), (dict(eps=-1e-4), "eps"), (dict(weight_decay=-1.0), "weight_decay"),
     (dict(update_every=0), "update_every"), (dict(warmup=-1), "warmup"), (dict(seed=1.5), "seed"),
-    (dict(bias_correction="none"), "bias_correction"),
+    (dict(bias_correction="none"), "bias_correction"), (dict(lr_warmup=-1), "lr_warmup"), (dict(lr_warmup=2.5), "lr_warmup"),
 ]  # fmt: skip
 BAD_ARGUMENTS = {
     "adam": (torch.optim.Adam, [(dict(lr=-1.0), "learning rate"), (dict(betas=(1.0, 0.9)), "beta parameter at index 0"), (dict(eps=-1.0), "epsilon")]),
     "sgd": (torch.optim.SGD, [(dict(lr=-1.0), "learning rate"), (dict(momentum=-1.0), "momentum")]),
     "esgd": (ESGD, _CURV),
     "esgd-corrected": (ESGD, _CURV),
+    "esgd-robust": (ESGD, _CURV),
     "adahessian-j": (AdaHessian, _CURV + [(dict(hessian_power=1.5), "hessian_power"), (dict(estimator="gauss"), "estimator")]),
     "adahessian-e": (AdaHessian, _CURV + [(dict(hessian_power=-0.5), "hessian_power")]),
     "shampoo": (Shampoo, [(dict(lr=-1.0), "lr"), (dict(momentum=1.0), "momentum"), (dict(matrix_eps=0.0), "matrix_eps"),
@@ -284,6 +286,27 @@ def test_esgd_reference_bias_correction_steps_larger_at_t1300():
     expected = math.sqrt((1 - 0.999**1300) / (1 - 0.999**62))
     assert abs(expected - 3.5) < 0.05
     torch.testing.assert_close(ratio, torch.full((2,), expected, dtype=F64), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("step, rate", [(1, 1 / 50), (25, 0.5), (50, 1.0), (80, 1.0)])
+def test_esgd_lr_warmup_ramps_the_step_linearly_then_holds(step, rate):
+    """As above (exact D, fixed parameters), with the per-update correction √D̂ = |h| exactly and m̂ = g = h x, so
+    step t moves each coordinate by lr_t · h/(h + eps) ≈ lr_t, and lr_t = lr · min(1, t/50)."""
+    h = torch.tensor([100.0, 300.0], dtype=F64)
+    x = torch.nn.Parameter(torch.ones(2, dtype=F64))
+    opt = ESGD([x], lr=0.0, bias_correction="per-update", lr_warmup=50, seed=0)
+    f = lambda: 0.5 * (h * x**2).sum()  # noqa: E731
+    for _ in range(step - 1):
+        _step(opt, f, [x])
+    opt.param_groups[0]["lr"] = 1.0
+    before = x.detach().clone()
+    _step(opt, f, [x])
+    torch.testing.assert_close(before - x.detach(), rate * h / (h + 1e-4), rtol=1e-9, atol=0)
+
+
+def test_esgd_robust_is_esgd_corrected_with_the_ramp():
+    opt = build_optimizer("esgd-robust", torch.nn.Linear(2, 2))
+    assert isinstance(opt, ESGD) and (opt.bias_correction, opt.lr_warmup, opt.warmup, opt.param_groups[0]["lr"]) == ("per-update", 50, 50, 0.15)
 
 
 def test_curvature_step_without_graph_is_a_clear_error():
