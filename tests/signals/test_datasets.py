@@ -26,3 +26,12 @@ def test_a_patch_is_its_tile_in_gray():
     astronaut = skimage.data.astronaut()[64:128, 128:192].astype(np.float32) / 255 @ np.array([0.299, 0.587, 0.114], np.float32)
     for name, tile in (("camera@64,128", camera), ("astronaut@64,128", astronaut)):
         torch.testing.assert_close(signals[name].values.reshape(64, 64), torch.from_numpy(tile), rtol=0, atol=1e-6)
+
+
+def test_signals_sampled_alike_share_one_coordinate_grid():
+    """2,000 faces at 180² would otherwise hold 2,000 equal grids (494 MiB); the values stay each signal's own."""
+    ds = load_dataset("skimage_patches", {})
+    every = ds.train + ds.test
+    assert all(s.coords is every[0].coords and s.eval_coords is every[0].coords for s in every)
+    assert len({s.values.data_ptr() for s in every}) == len(every)
+    torch.testing.assert_close(every[0].coords[[0, -1]], torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))

@@ -206,7 +206,20 @@ def load_dataset(source: str, options: dict, test_fraction: float = 0.3, split_s
         faces = skimage.data.lfw_subset()
     image_options = {k: v for k, v in options.items() if k in ("resize", "crop", "gray", "pad") and v is not None}
 
+    grid: list[torch.Tensor] = []  # the first signal's coordinates, shared by every signal sampled alike (2,000 faces at 180²: one grid, not 2,000 — 494 MiB)
+
     def load(name: str) -> list[Signal]:
+        signals = load_one(name)
+        for s in signals:
+            if not grid:
+                grid.append(s.coords)
+            elif s.coords is not grid[0] and s.coords.shape == grid[0].shape and torch.equal(s.coords, grid[0]):
+                if s.eval_coords is s.coords:
+                    s.eval_coords = grid[0]
+                s.coords = grid[0]
+        return signals
+
+    def load_one(name: str) -> list[Signal]:
         if faces is not None:
             index = int(name[len("lfw_subset[") : -1])
             return [image_signal(faces[index][..., None], name, **image_options)]
