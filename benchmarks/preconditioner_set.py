@@ -33,9 +33,8 @@ import time
 from pathlib import Path
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio
-
 from preconditioner_study import DEFAULT_DATA, FIELD_OPTIONS, IMAGE_LR
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from mclnf.fields import FieldConfig
 from mclnf.losses import LOSSES
@@ -173,7 +172,7 @@ def report(args) -> None:
              f"# Δ: PSNR minus Adam's on the same image and seed; worse: Δ < -0.1 dB, on div2k + kodak photos; time ratio = steps ratio × cost per step "
              f"relative to Adam ({', '.join(f'{k} {v:g}' for k, v in cost.items())}: optimizer_step_time.py)",
              "", f"| activation | optimizer | runs | final PSNR median [min, max] | Δ at {DEFAULT_STEPS}: median [min] | worse at {DEFAULT_STEPS} | Δ final: median [min] | worse final "
-             f"| diverged | reach Adam's final | steps ratio median | time ratio median | time ratio to Adam's {DEFAULT_STEPS}-step PSNR |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"| diverged | reach Adam's final | steps ratio median | time ratio median | time ratio to Adam's {DEFAULT_STEPS}-step PSNR |", "|---" * 13 + "|"]  # fmt: skip
     for a in ACTIVATIONS:
         for o in [o for o in OPTIMIZERS_RUN if o != "adam"]:
             pairs = [(r, by.get((a, "adam", r["seed"]))) for (aa, oo, _), r in sorted(by.items()) if aa == a and oo == o]

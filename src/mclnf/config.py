@@ -270,8 +270,9 @@ class SignalArgument(OptionGroup):
 @dataclass(kw_only=True)
 class FitConfig(SignalArgument, FieldOptions, LoaderOptions, SceneOptions, OccupancyOptions, OptimOptions, DeviceOptions, PrecisionOptions, RunOptions, EvaluationOptions, TrackingOptions):
     """fit"""
-    optimizer: str = option("adam", "optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's; esgd-robust: ESGD with a warm-up); auto: adam at its default rate unless measurements on held-out "
-                            "images show another wins (relu-pe images: adam 1e-3), says why, and restarts with adam if that choice blows up early", choices=(*OPTIMIZERS, "auto"))  # fmt: skip
+    optimizer: str = option("adam", "optimizer (esgd, adahessian-*, shampoo, kfac: the preconditioner paper's; esgd-robust: ESGD with a warm-up); "
+                            "auto: adam at its default rate unless measurements on held-out images show another wins (relu-pe images: adam 1e-3), says why, "
+                            "and restarts with adam if that choice blows up early", choices=(*OPTIMIZERS, "auto"))  # fmt: skip
     occupancy_grid: int | None = option(None, "scene: skip the samples in empty cells of an R³ occupancy grid of the field's density, refreshed every 16 steps "
                                         "(nerfacc's; R 64 or 128 suits an object; default: off)", metavar="R")  # fmt: skip
     precision: str | None = option(None, PRECISION_HELP + " (default: bf16 for images with the sine field, no encoding, adam, where bf16 is native — cuda, or a CPU with "
