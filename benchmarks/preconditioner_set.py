@@ -36,6 +36,7 @@ import torch
 from preconditioner_study import DEFAULT_DATA, FIELD_OPTIONS, IMAGE_LR
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from mclnf.eval.study import first_reach
 from mclnf.fields import FieldConfig
 from mclnf.losses import LOSSES
 from mclnf.optim import build_optimizer
@@ -144,17 +145,9 @@ def run(args) -> None:
               f"diverged {len(rec['diverged'])}", flush=True)  # fmt: skip
 
 
-def first_reach(curve: list[list[float]], target: float) -> float | None:
-    """The step at which ``curve`` first reaches ``target``, interpolated linearly between evaluations."""
-    prev = None
-    for step, v in curve:
-        if v >= target:
-            if prev is None or prev[1] >= v:
-                return float(step)
-            (s0, v0) = prev
-            return s0 + (step - s0) * (target - v0) / (v - v0)
-        prev = (step, v)
-    return None
+def reach(curve: list[list[float]], target: float) -> float | None:
+    """The step at which a record's ``[[step, psnr], …]`` curve first reaches ``target`` (:func:`mclnf.eval.study.first_reach`)."""
+    return first_reach([{"step": step, "psnr": v} for step, v in curve], "psnr", target, "step")
 
 
 def at_step(curve: list[list[float]], step: int) -> float:
@@ -193,10 +186,10 @@ def report(args) -> None:
                     dfin.append(c[-1][1] - rc[-1][1])
                     worse2k[where] += d2k[-1] < -0.1
                     worsefin[where] += dfin[-1] < -0.1
-                    reached = first_reach(c, rc[-1][1])
+                    reached = reach(c, rc[-1][1])
                     if reached is not None:
                         ratios.append(reached / steps)
-                    reached = first_reach(c, at_step(rc, DEFAULT_STEPS))  # the issue's target: Adam's PSNR at the default budget
+                    reached = reach(c, at_step(rc, DEFAULT_STEPS))  # the issue's target: Adam's PSNR at the default budget
                     if reached is not None:
                         early.append(reached / DEFAULT_STEPS)
             n = sum(len(r["curves"]) for r, _ in pairs)
