@@ -306,7 +306,8 @@ class MetaTrainConfig(DatasetOptions, FieldOptions, LoaderOptions, SceneOptions,
 class MetaTestConfig(DeviceOptions, PrecisionOptions, RunOptions, TrackingOptions):
     """meta-test"""
 
-    paths: list[str] = option(dataclasses.MISSING, "meta-train run folders, then the dataset they were meta-trained on", positional=True, metavar="RUN [RUN ...] DATASET", nargs="+")
+    paths: list[str] = option(dataclasses.MISSING, "meta-train run folders (FOLDER:maml-cl scores a mol run's θ₀ as maml-cl: the two meta-train alike), then the "
+                              "dataset they were meta-trained on", positional=True, metavar="RUN [RUN ...] DATASET", nargs="+")  # fmt: skip
     steps: list[int] = option([2**k for k in range(13)], "test-time steps per task at which every method is scored")
     signals: int | None = option(None, "meta-test only the first N signals (default: all)")
     test_optimizer: str | None = option(None, "meta methods' test-time optimizer (default: the inner loop's SGD)", choices=tuple(OPTIMIZERS))

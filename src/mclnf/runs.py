@@ -26,7 +26,7 @@ from mclnf.config import BenchConfig, ContinualConfig, FitConfig, FitManyConfig,
 from mclnf.errors import MclnfError
 from mclnf.fields import Field, FieldConfig
 from mclnf.io import RECORDERS, atomic_path, is_temporary, write_text
-from mclnf.learners import MetaMethod, meta_method
+from mclnf.learners import META_METHODS, MetaMethod, meta_method
 from mclnf.options import flag_name, to_dict
 from mclnf.signals import Layout
 from mclnf.signals.base import Predict
@@ -257,8 +257,9 @@ def save_init(path: Path, theta: dict[str, Tensor], method: MetaMethod, cfg: Met
     save_tensors(path, theta, meta)
 
 
-def load_init(path: Path) -> MetaRun:
-    """The initialization in a meta-train run folder (or its ``init.safetensors``), checked against its own description."""
+def load_init(path: Path, as_method: str | None = None) -> MetaRun:
+    """The initialization in a meta-train run folder (or its ``init.safetensors``), checked against its own description;
+    ``as_method``: that of another method that meta-trains alike (``maml-cl`` for a ``mol`` run: :attr:`MetaMethod.trains_as`)."""
     path = Path(path)
     file = path / "init.safetensors" if path.is_dir() else path
     if not file.is_file():
@@ -270,6 +271,12 @@ def load_init(path: Path) -> MetaRun:
         return theta, cfg, Layout.from_dict(meta["layout"]), FieldConfig.from_dict(meta["field"]), meta["test_files"]
 
     theta, cfg, layout, field_cfg, test_files = read_tensors(file, "an initialization written by mclnf meta-train (of this version)", build)
+    if as_method is not None:
+        alike = lambda m: META_METHODS[m].trains_as or m  # noqa: E731
+        if as_method not in META_METHODS or alike(as_method) != alike(cfg.method):
+            same = sorted(m for m in META_METHODS if alike(m) == alike(cfg.method))
+            raise MclnfError(f"{path}:{as_method}: a {cfg.method} run's θ₀ can be tested as {' or '.join(same)} only (the methods that meta-train as it does)")
+        cfg = dataclasses.replace(cfg, method=as_method)
     base = dataclasses.replace(field_cfg, width=cfg.width)
     method = meta_method(layout, base, cfg)
     if method.field_config != field_cfg or set(theta) != set(dict(method.template.named_parameters())):

@@ -52,3 +52,25 @@ def test_runs_of_one_method_are_named_by_their_folders(mol_run, tmp_path):
     assert cli("meta-test", mol_run, other, "lfw_subset", "--steps", 1, "--signals", 1, "--baselines", "--offline-budget", "full", "--quiet", "--out", out) == 0
     names = [m["name"] for m in json.loads((out / "metrics.json").read_text())["methods"]]
     assert names == ["mol [mol] (full batch)", "mol [mol-again] (full batch)"]
+
+
+def test_a_mol_run_scored_as_maml_cl_equals_a_maml_cl_run(mol_run, tmp_path):
+    """``RUN:maml-cl``: maml-cl meta-trains exactly as mol, so a mol run's θ₀ scored as maml-cl gives what a maml-cl run gives, to the bit."""
+    maml_cl = tiny_meta_run(tmp_path / "maml-cl", "maml-cl")
+    assert (tmp_path / "maml-cl" / "init.safetensors").read_bytes() != (mol_run / "init.safetensors").read_bytes()  # its description says maml-cl
+    records = {}
+    for name, run in (("as", f"{mol_run}:maml-cl"), ("trained", maml_cl), ("mol", mol_run)):
+        out = tmp_path / name
+        assert cli("meta-test", run, "lfw_subset", "--steps", 1, 2, "--signals", 2, "--baselines", "--quiet", "--out", out) == 0
+        records[name] = json.loads((out / "metrics.json").read_text())["methods"]
+    assert [r["name"] for r in records["as"]] == ["maml-cl"]
+    assert records["as"][0]["curve"] == records["trained"][0]["curve"]
+    assert records["mol"][0]["name"] == "mol" and records["mol"][0]["curve"] != records["as"][0]["curve"]  # the same θ₀, another test-time learner
+
+
+@pytest.mark.parametrize("spec", ["mol-run:oml", "mol-run:nope"])
+def test_a_run_cannot_be_scored_as_a_method_that_trains_otherwise(mol_run, tmp_path, capsys, spec):
+    run = spec.replace("mol-run", str(mol_run))
+    assert cli("meta-test", run, "lfw_subset", "--out", tmp_path / "x") == 2
+    assert one_line(capsys.readouterr().err).endswith("can be tested as maml-cl or mol only (the methods that meta-train as it does)")
+    assert not (tmp_path / "x").exists()

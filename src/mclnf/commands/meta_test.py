@@ -70,6 +70,13 @@ from mclnf.train import learn_task
 RESUMABLE = ("log_every", "tensorboard", *(f.name for f in dataclasses.fields(RunOptions)))  # may change on --resume
 
 
+def run_spec(spec: Path) -> tuple[Path, str | None]:
+    """A RUN argument: a meta-train run folder, or ``FOLDER:METHOD`` — its θ₀ scored as METHOD, a method that meta-trains
+    alike (``runs/mol:maml-cl``: MAML+CL from MOL's θ₀, without meta-training it twice)."""
+    folder, _, method = str(spec).rpartition(":")
+    return (Path(folder), method) if folder and not spec.exists() and Path(folder).exists() else (spec, None)
+
+
 def check_dataset(runs: list[MetaRun], dataset: str) -> MetaDataset:
     """DATASET's meta-test split, checked to be the one every run was meta-trained beside."""
     cfg = runs[0].config
@@ -178,7 +185,7 @@ def meta_test(cfg: MetaTestConfig) -> list[dict]:
     """Meta-test ``cfg.runs`` and the baselines on the dataset's meta-test signals; returns one record per method."""
     steps = sorted(set(cfg.steps))
     grid_steps = sorted(set(cfg.grid_steps or [steps[0], steps[-1]]))
-    runs = [load_init(p) for p in cfg.runs]
+    runs = [load_init(*run_spec(p)) for p in cfg.runs]
     ds = check_dataset(runs, cfg.dataset)
     signals = ds.test[: cfg.signals] if cfg.signals else ds.test
     out = prepare_out(cfg.out or Path(runs[0].path) / "meta-test", cfg.resume, cfg.overwrite)

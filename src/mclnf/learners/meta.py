@@ -158,6 +158,7 @@ class MetaMethod:
 
     name: ClassVar[str]
     modular: ClassVar[bool] = False  # one module per task, width / √T
+    trains_as: ClassVar[str | None] = None  # another method whose meta-training this one's is, step for step (its θ₀ serves both)
 
     def __init__(self, layout: Layout, field: FieldConfig, opts: MetaOptions):
         self.layout, self.opts = layout, opts
@@ -277,6 +278,7 @@ class MOL(MetaMethod):
 
 class MAMLCL(MetaMethod):
     name = "maml-cl"
+    trains_as = "mol"
 
     def test_learner(self, signal, tasks, opts, theta0):
         return FineTune.for_signal(signal, tasks, self.field_config, opts, init=theta0)

@@ -1,0 +1,146 @@
+"""MCL-NF's Table 1 (and Table 6's compute columns) at CPU scale: meta-train every method, meta-test them beside the
+non-meta baselines on the same held-out signals, and print one table.
+
+Presets (``--preset``; each prints its deviations from the paper's protocol, Sec. 5 and Appendix A, with the tables):
+
+* ``celeba32`` — 32 CelebA faces (22 meta-train, 10 meta-test), 178² centre crops resized to 32², four 32 × 8 strips,
+  300 outer steps, test-time steps 1 … 128 on 5 faces; every method, mcl-nf also with the first-order and EMCL
+  meta-gradients (the earlier CPU-scale run).
+* ``faces_utk180`` — ``faces_utk/`` at the paper's 180 × 180 (178² crop padded by 1, four 180 × 45 strips; 1,400
+  meta-train / 600 meta-test faces), ``--task-batch 1024``, 600 outer steps, test-time steps 1, 4, 16, 64 on 20
+  faces; mcl-nf, mol (both step accountings), maml-cl, oml, second-order.
+* ``librispeech1`` — ``librispeech_clips/`` cut into 1 s clips (the paper's LibriSpeech1 rows), four 0.25 s tasks,
+  ``--task-batch 1024``, 600 outer steps, test-time steps 1, 4, 16, 64 on 20 clips (PSNR and PESQ).
+
+Every meta-train run and every meta-test group is its own ``mclnf`` process; ``--jobs N`` runs N of them side by side,
+each on one thread (so N cores, N times the throughput). A meta-test group is one run, or one baseline scored beside
+the cheapest run (whose second copy is dropped). maml-cl is not meta-trained: it meta-trains exactly as mol, so it is
+scored from mol's θ₀ (``mclnf meta-test MOL_RUN:maml-cl``). A run already in ``--out`` (its ``init.safetensors``) is not trained
+again and a group with its ``metrics.json`` is not scored again, so an interrupted benchmark picks up where it stopped.
+The merged tables come from the groups' ``metrics.json`` through :mod:`mclnf.eval.tables`, the curve plot through
+:func:`mclnf.eval.plots.plot_meta_test`.
+
+    python benchmarks/meta_table1.py [--preset faces_utk180] [--jobs 2] [--out runs/bench-meta-table1] [--outer-steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from mclnf.commands.meta_test import budget_note
+from mclnf.eval.plots import plot_meta_test
+from mclnf.eval.tables import compute_table, table1
+from mclnf.learners import META_METHODS
+
+DATA = Path(os.environ.get("MCLNF_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SECOND = "second-order"
+ALL_RUNS = [("mcl-nf", SECOND), ("mol", SECOND), ("maml-cl", SECOND), ("oml", SECOND), ("mcl-nf-fim", SECOND), ("mcl-nf", "first-order"), ("mcl-nf", "emcl")]
+PRESETS = {
+    "celeba32": dict(data=str(DATA / "celeba_align" / "*.jpg"), load=["--crop", "178", "178", "--resize", "32"], train=["--outer-lr", "1e-4"], outer_steps=300,
+                     steps=[1, 2, 4, 8, 16, 32, 64, 128], signals=5, runs=ALL_RUNS, baselines=["ol", "cl", "er", "ewc", "mer"],
+                     deviations="32 faces (22 meta-train / 10 meta-test), 178² crops resized to 32², 4 strips of 32 × 8"),
+    "faces_utk180": dict(data=str(DATA / "faces_utk"), load=["--crop", "178", "178", "--resize", "0", "--pad", "1"], train=["--task-batch", "1024"], outer_steps=600,
+                         steps=[1, 4, 16, 64], signals=20, runs=ALL_RUNS[:4], baselines=["ol", "cl", "er", "ewc", "mer"],
+                         deviations="2,000 faces_utk faces (1,400 meta-train / 600 meta-test) at the paper's 180 × 180, 4 strips of 180 × 45, 1,024 pixels per task per outer step"),
+    "librispeech1": dict(data=str(DATA / "librispeech_clips"), load=["--clip", "1"], train=["--task-batch", "1024"], outer_steps=600,
+                         steps=[1, 4, 16, 64], signals=20, runs=ALL_RUNS[:4], baselines=["ol", "cl", "er", "ewc", "mer"],
+                         deviations="120 LibriSpeech utterances (84 files meta-train / 36 meta-test) cut into 1 s clips, 4 tasks of 0.25 s, 1,024 samples per task per outer step"),
+}  # fmt: skip
+
+
+def mclnf(args: list[str], log: Path, threads: int | None) -> float:
+    """Run ``python -m mclnf ARGS`` (on ``threads`` threads), its output to ``log``; the seconds it took. Stops the benchmark when it fails."""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}))
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.run([sys.executable, "-m", "mclnf", *args], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        sys.exit(f"mclnf {' '.join(args[:2])} failed (exit {code}); see {log}")
+    return time.perf_counter() - t0
+
+
+def in_parallel(jobs: list, n: int) -> list:
+    """Call every job (a no-argument function), ``n`` at a time in the order listed; their results in that order."""
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+def merged_records(groups: list[Path]) -> list[dict]:
+    """Every group's method records (from ``metrics.json``), each method once, in the groups' order; curves keyed by step again."""
+    records, seen = [], set()
+    for g in groups:
+        for r in json.loads((g / "metrics.json").read_text())["methods"]:
+            if r["name"] not in seen:
+                seen.add(r["name"])
+                records.append(dict(r, curve={int(s): v for s, v in r["curve"].items()}))
+    return records
+
+
+def per_step_table(records: list[dict], metric: str) -> str:
+    """``metric`` (mean over signals) at every scored step count, one row per method."""
+    steps = sorted(records[0]["curve"])
+    rows = [f"| {r['name']} | " + " | ".join("–" if r["curve"][s][metric] is None else f"{r['curve'][s][metric]:.4g}" for s in steps) + " |" for r in records]
+    return f"| method | {' | '.join(f'step {s}' for s in steps)} |\n|{'---|' * (len(steps) + 1)}\n" + "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="faces_utk180")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-meta-table1"))
+    ap.add_argument("--jobs", type=int, default=2, help="mclnf processes side by side, one thread each (1: one process on every thread)")
+    ap.add_argument("--outer-steps", type=int, default=None, help="override the preset's")
+    ap.add_argument("--signals", type=int, default=None, help="meta-test signals; override the preset's")
+    ap.add_argument("--steps", type=int, nargs="+", default=None, help="test-time steps per task; override the preset's")
+    ap.add_argument("--baselines", nargs="*", default=None, help="override the preset's baselines")
+    a = ap.parse_args()
+    p = PRESETS[a.preset]
+    outer, signals, steps = a.outer_steps or p["outer_steps"], a.signals or p["signals"], a.steps or p["steps"]
+    out, threads = a.out / a.preset, (1 if a.jobs > 1 else None)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    print(f"# MCL-NF Table 1, preset {a.preset}: torch {torch.__version__}, {a.jobs} process(es) side by side{', one thread each' if threads else ''}")
+    print(f"deviations from the paper: {p['deviations']}; sine 5 × 256 (mcl-nf modules 5 × 128); {outer} outer steps (the paper: 500k), meta-batch 4, "
+          f"3 inner SGD steps at 1e-2; test-time steps {', '.join(map(str, steps))} per task (the paper: to 4096) on the first {signals} meta-test signals "
+          "(meta methods: the inner loop's SGD 1e-2; baselines: Adam 1e-4)\n")  # fmt: skip
+
+    baselines = p["baselines"] if a.baselines is None else a.baselines
+    trained = [(m, g) for m, g in p["runs"] if (META_METHODS[m].trains_as, g) not in p["runs"]]  # maml-cl: mol's θ₀
+    runs = [out / f"{m}-{g}" for m, g in trained]
+    todo = [(r, m, g) for r, (m, g) in zip(runs, trained) if not (r / "init.safetensors").is_file()]
+    train = lambda r, m, g: lambda: mclnf(["meta-train", p["data"], *p["load"], *p["train"], "--method", m, "--meta-grad", g, "--outer-steps", str(outer),  # noqa: E731
+                                           "--quiet", "--overwrite", "--out", str(r)], out / "logs" / f"{r.name}.log", threads)  # fmt: skip
+    in_parallel([train(*t) for t in todo], a.jobs)
+    print("| method | meta-gradient | outer steps | meta-train s | episodes/s | loss after adaptation |\n|---|---|---|---|---|---|")
+    for m, g in p["runs"]:
+        if (m, g) not in trained:
+            print(f"| {m} | {g} | {META_METHODS[m].trains_as}'s θ₀ | – | – | – |")
+            continue
+        j = json.loads((out / f"{m}-{g}" / "meta_train.json").read_text())
+        print(f"| {m} | {g} | {j['outer_steps']} | {j['train_s']:.0f} | {j['episodes_per_s']:.1f} | {j['final_loss']:.4g} |")
+    specs = [f"{out}/{META_METHODS[m].trains_as or m}-{g}" + (f":{m}" if META_METHODS[m].trains_as else "") for m, g in p["runs"]]
+
+    test = ["--steps", *map(str, steps), "--signals", str(signals), "--quiet", "--overwrite"]
+    groups = [(out / f"test-{m}-{g}", [spec, p["data"], "--baselines"]) for spec, (m, g) in zip(specs, p["runs"])]
+    groups += [(out / f"test-{b}", [str(runs[0]), p["data"], "--baselines", b]) for b in baselines]
+    score = lambda g, args: lambda: mclnf(["meta-test", *args, *test, "--out", str(g)], out / "logs" / f"{g.name}.log", threads)  # noqa: E731
+    seconds = in_parallel([score(g, args) if not (g / "metrics.json").is_file() else (lambda: 0.0) for g, args in groups], a.jobs)
+    records = merged_records([g for g, _ in groups])
+    metrics = list(records[0]["summary"])
+    print(f"\nmeta-test: {len(groups)} groups in {sum(seconds):.0f} process-seconds\n")
+    print(per_step_table(records, metrics[0]))
+    print(table1(records, metrics) + budget_note(records, json.loads((runs[0] / "meta_train.json").read_text())["config"]["tasks"]))
+    print(compute_table(records, metrics[0]))
+    plot_meta_test(records, metrics[0], out / f"{metrics[0]}_vs_step.png", title=f"{a.preset} · {signals} meta-test signals")
+    print(f"figure: {out / (metrics[0] + '_vs_step.png')}; each group's tables, grids and reconstructions in {out}/test-*/")
+
+
+if __name__ == "__main__":
+    main()
