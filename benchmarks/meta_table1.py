@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--outer-steps", type=int, default=None, help="override the preset's")
     ap.add_argument("--signals", type=int, default=None, help="meta-test signals; override the preset's")
     ap.add_argument("--steps", type=int, nargs="+", default=None, help="test-time steps per task; override the preset's")
+    ap.add_argument("--methods", nargs="+", default=None, help="only the preset's runs of these meta methods")
     ap.add_argument("--baselines", nargs="*", default=None, help="override the preset's baselines")
     a = ap.parse_args()
     p = PRESETS[a.preset]
@@ -113,6 +114,7 @@ def main() -> None:
           "(meta methods: the inner loop's SGD 1e-2; baselines: Adam 1e-4)\n")  # fmt: skip
 
     baselines = p["baselines"] if a.baselines is None else a.baselines
+    p = dict(p, runs=[(m, g) for m, g in p["runs"] if a.methods is None or m in a.methods])
     trained = [(m, g) for m, g in p["runs"] if (META_METHODS[m].trains_as, g) not in p["runs"]]  # maml-cl: mol's θ₀
     runs = [out / f"{m}-{g}" for m, g in trained]
     todo = [(r, m, g) for r, (m, g) in zip(runs, trained) if not (r / "init.safetensors").is_file()]
