@@ -137,7 +137,7 @@ def main() -> None:
     seconds = in_parallel([score(g, args) if not (g / "metrics.json").is_file() else (lambda: 0.0) for g, args in groups], a.jobs)
     records = merged_records([g for g, _ in groups])
     metrics = list(records[0]["summary"])
-    print(f"\nmeta-test: {len(groups)} groups in {sum(seconds):.0f} process-seconds\n")
+    print(f"\nmeta-test: {len(groups)} groups, {sum(seconds):.0f} process-seconds in this invocation (groups scored before are read back)\n")
     print(per_step_table(records, metrics[0]))
     print(table1(records, metrics) + budget_note(records, json.loads((runs[0] / "meta_train.json").read_text())["config"]["tasks"]))
     print(compute_table(records, metrics[0]))
