@@ -15,7 +15,7 @@ Presets (``--preset``; each prints its deviations from the paper's protocol, Sec
 
 Every meta-train run and every meta-test group is its own ``mclnf`` process; ``--jobs N`` runs N of them side by side,
 each on one thread (so N cores, N times the throughput). A meta-test group is one run, or one baseline scored beside
-the cheapest run (whose second copy is dropped). maml-cl is not meta-trained: it meta-trains exactly as mol, so it is
+the first run (mcl-nf in every preset, the cheapest to score; its second copy is dropped). maml-cl is not meta-trained: it meta-trains exactly as mol, so it is
 scored from mol's θ₀ (``mclnf meta-test MOL_RUN:maml-cl``). A run already in ``--out`` (its ``init.safetensors``) is not trained
 again and a group with its ``metrics.json`` is not scored again, so an interrupted benchmark picks up where it stopped.
 The merged tables come from the groups' ``metrics.json`` through :mod:`mclnf.eval.tables`, the curve plot through
