@@ -128,7 +128,7 @@ def main() -> None:
             continue
         j = json.loads((out / f"{m}-{g}" / "meta_train.json").read_text())
         print(f"| {m} | {g} | {j['outer_steps']} | {j['train_s']:.0f} | {j['episodes_per_s']:.1f} | {j['final_loss']:.4g} |")
-    specs = [f"{out}/{META_METHODS[m].trains_as or m}-{g}" + (f":{m}" if META_METHODS[m].trains_as else "") for m, g in p["runs"]]
+    specs = [f"{out}/{m}-{g}" if (m, g) in trained else f"{out}/{META_METHODS[m].trains_as}-{g}:{m}" for m, g in p["runs"]]
 
     test = ["--steps", *map(str, steps), "--signals", str(signals), "--quiet", "--overwrite"]
     groups = [(out / f"test-{m}-{g}", [spec, p["data"], "--baselines"]) for spec, (m, g) in zip(specs, p["runs"])]

@@ -272,9 +272,9 @@ def load_init(path: Path, as_method: str | None = None) -> MetaRun:
 
     theta, cfg, layout, field_cfg, test_files = read_tensors(file, "an initialization written by mclnf meta-train (of this version)", build)
     if as_method is not None:
-        alike = lambda m: META_METHODS[m].trains_as or m  # noqa: E731
-        if as_method not in META_METHODS or alike(as_method) != alike(cfg.method):
-            same = sorted(m for m in META_METHODS if alike(m) == alike(cfg.method))
+        training = META_METHODS[cfg.method].meta_training()
+        if as_method not in META_METHODS or META_METHODS[as_method].meta_training() != training:
+            same = sorted(m for m, c in META_METHODS.items() if c.meta_training() == training)
             raise MclnfError(f"{path}:{as_method}: a {cfg.method} run's θ₀ can be tested as {' or '.join(same)} only (the methods that meta-train as it does)")
         cfg = dataclasses.replace(cfg, method=as_method)
     base = dataclasses.replace(field_cfg, width=cfg.width)

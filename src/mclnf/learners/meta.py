@@ -160,6 +160,11 @@ class MetaMethod:
     modular: ClassVar[bool] = False  # one module per task, width / √T
     trains_as: ClassVar[str | None] = None  # another method whose meta-training this one's is, step for step (its θ₀ serves both)
 
+    @classmethod
+    def meta_training(cls) -> str:
+        """The method whose meta-training this one's is: ``trains_as``, else itself. Methods with one meta-training share θ₀."""
+        return cls.trains_as or cls.name
+
     def __init__(self, layout: Layout, field: FieldConfig, opts: MetaOptions):
         self.layout, self.opts = layout, opts
         self.rule = META_GRADIENTS[opts.meta_grad]()
