@@ -45,7 +45,7 @@ ACTIVATION_OPTIONS = {  # the field options that apply to each activation
 SIGNAL_OPTIONS = {  # the loader options that apply to each kind
     "image": ("resize", "crop", "gray", "pad"),
     "audio": ("start", "duration"),
-    "video": ("frames", "start_frame", "resize"),
+    "video": ("frames", "start_frame", "resize", "crop"),
     "occupancy": ("points", "eval_points", "resolution"),
     "radiance": ("resize", "holdout", "samples", "importance", "scene_bound", "direction", "factor", "ndc"),
 }
@@ -98,7 +98,7 @@ class LoaderOptions(OptionGroup):
     """signal (each applies to the kinds named)"""
 
     resize: int | None = option(None, "image/video: scale so the longer side has this many pixels, bilinear (image default: 256; 0 keeps the size)")
-    crop: tuple[int, int] | None = option(None, "image: centred crop before resizing", metavar=("H", "W"))
+    crop: tuple[int, int] | None = option(None, "image/video: centred crop (of every frame) before resizing", metavar=("H", "W"))
     gray: bool | None = option(None, "image: convert to luminance", action="store_true")
     pad: int | None = option(None, "image: zero rows/columns added on every side, last (MCL-NF's CelebA: --crop 178 178 --resize 0 --pad 1)")
     start: float | None = option(None, "audio: start time in seconds")

@@ -113,6 +113,13 @@ def test_video_end_to_end(tmp_path):
     assert frames.shape == (4, 14, 32, 3)  # 640×272 → 32×13.6 → 32×14
 
 
+def test_matroska_video_cropped_end_to_end(tmp_path):
+    """A real .mkv capture (asl_gestures, 640 × 480), every frame's centred 480² window at 16²."""
+    record = fit(tmp_path / "run", DATA / "video" / "asl_gestures" / "again.mkv", "--frames", 2, "--crop", 480, 480, "--resize", 16, steps=2)
+    check_run(tmp_path / "run", record, "video", 2, {"psnr", "ssim"})
+    assert (record["layout"]["frames"], record["layout"]["height"], record["layout"]["width"]) == (2, 16, 16)
+
+
 def test_mesh_end_to_end(tmp_path):
     src = DATA / "meshes" / "bunny_cr.obj"
     record = fit(tmp_path / "run", src, "--points", 3000, "--eval-points", 3000, "--resolution", 24)

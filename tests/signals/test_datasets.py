@@ -1,8 +1,11 @@
 """The built-in meta-learning datasets: ``skimage_patches`` against the photos it is cut from."""
 
+from pathlib import Path
+
 import numpy as np
 import skimage.data
 import torch
+from conftest import DATA
 
 from mclnf.signals.datasets import PATCH_PHOTOS, load_dataset
 
@@ -35,3 +38,17 @@ def test_signals_sampled_alike_share_one_coordinate_grid():
     assert all(s.coords is every[0].coords and s.eval_coords is every[0].coords for s in every)
     assert len({s.values.data_ptr() for s in every}) == len(every)
     torch.testing.assert_close(every[0].coords[[0, -1]], torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+
+
+def test_held_out_clips_take_the_files_in_turn(tmp_path):
+    """asl_gestures' Matroska files cut into 20-frame clips at the paper's 112 × 112 (480² centre crop): the first meta-test
+    clips span the held-out files, so ``meta-test --signals N`` is not N clips of one file."""
+    folder = DATA / "video" / "asl_gestures"
+    (tmp_path / "train.txt").write_text("again.mkv\n")
+    (tmp_path / "test.txt").write_text("bird.mkv\nbook.mkv\n")
+    lists = (str(tmp_path / "train.txt"), str(tmp_path / "test.txt"))
+    ds = load_dataset(str(folder), {"crop": (480, 480), "resize": 112}, lists=lists, clip=20)
+    assert ds.layout.grid_shape == (20, 112, 112) and [Path(f).name for f in ds.test_files] == ["bird.mkv", "book.mkv"]
+    clips = [f"{Path(s.name).name}" for s in ds.test]
+    assert clips == ["bird.mkv@0", "book.mkv@0", "bird.mkv@20", "book.mkv@20", "bird.mkv@40", "book.mkv@40", "book.mkv@60", "book.mkv@80"]  # 63 and 109 frames
+    assert all(Path(s.name).name.startswith("again.mkv@") for s in ds.train)

@@ -95,9 +95,23 @@ def test_missing_file(tmp_path):
 
 
 def test_wrong_suffix(tmp_path):
-    (tmp_path / "a.mkv").write_bytes(b"\x1a\x45\xdf\xa3")
-    with pytest.raises(MclnfError, match=r"a\.mkv: unsupported format \.mkv"):
-        load_video(tmp_path / "a.mkv")
+    (tmp_path / "a.rmvb").write_bytes(b"\x2e\x52\x4d\x46")
+    with pytest.raises(MclnfError, match=r"a\.rmvb: unsupported format \.rmvb"):
+        load_video(tmp_path / "a.rmvb")
+
+
+def test_matroska_centre_crop_then_resize():
+    """A real Matroska capture (asl_gestures, 640 × 480): the centred 480 × 480 window of every frame, then 112 × 112."""
+    path = DATA / "video" / "asl_gestures" / "again.mkv"
+    raw = np.stack([f for _, f in zip(range(3), iio.imiter(path, plugin="pyav"))])
+    assert raw.shape == (3, 480, 640, 3)
+    s = load_signal(path, frames=3, crop=(480, 480), resize=112)
+    assert s.layout.grid_shape == (3, 112, 112) and s.layout.fps == 30.0
+    window = torch.from_numpy(raw[:, :, 80:560].astype(np.float32) / 255).permute(0, 3, 1, 2)
+    expected = F.interpolate(window, size=(112, 112), mode="bilinear", align_corners=False, antialias=False).permute(0, 2, 3, 1)
+    assert torch.equal(s.layout.to_array(s.values), expected)
+    with pytest.raises(MclnfError, match=r"--crop 500 500: larger than the video \(480×640\)"):
+        load_video(path, frames=1, crop=(500, 500))
 
 
 def test_corrupt_file(tmp_path):

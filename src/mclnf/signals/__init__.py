@@ -17,13 +17,14 @@ from mclnf.signals.image import BUILTIN_IMAGES, load_image
 from mclnf.signals.occupancy import load_occupancy
 from mclnf.signals.radiance import load_radiance
 from mclnf.signals.scenes import is_scene
+from mclnf.signals.video import SUFFIXES as VIDEO_SUFFIXES
 from mclnf.signals.video import load_video
 
 KINDS = ("image", "audio", "video", "occupancy", "radiance")
 SUFFIX_KIND = {
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"), "image"),
     **dict.fromkeys((".wav", ".flac", ".ogg"), "audio"),
-    **dict.fromkeys((".mp4", ".gif", ".mov", ".avi", ".webm"), "video"),
+    **dict.fromkeys(VIDEO_SUFFIXES, "video"),
     **dict.fromkeys((".obj", ".ply", ".stl", ".off"), "occupancy"),
     ".npz": "radiance",
 }

@@ -5,7 +5,7 @@ A dataset is named by
 * ``lfw_subset`` — scikit-image's 200 gray 25 × 25 faces;
 * ``skimage_patches`` — the 14 natural photos bundled with scikit-image (:data:`PATCH_PHOTOS`), in gray, cut
   into every whole 64 × 64 tile (664 patches); the photos are split, not the patches, so no meta-test patch
-  shares a photo with a meta-train one, and the meta-test patches take the held-out photos in turn;
+  shares a photo with a meta-train one;
 * a folder — every supported file in it (sorted by name);
 * a glob pattern — e.g. ``'../shared/data/celeba_align/*.jpg'``;
 * one audio or video file cut into clips (``--clip``): its clips are split instead of files;
@@ -17,6 +17,8 @@ Files are split *before* they are cut into clips (so no clip of a meta-test file
 meta-training): a seeded permutation puts ``test_fraction`` of them (at least one) into meta-test,
 or the split is given as two text files listing names, one per line. Audio and video files can be
 cut into consecutive clips of ``clip`` seconds/frames (a clip shorter than that at the end is dropped).
+Where files give several signals (patches, clips), the meta-test signals take the meta-test files in turn
+(the first clip of every file, then the second …), so the first N (``meta-test --signals N``) span the files.
 Every signal of a dataset must have the same layout (same image size, clip length, …): the
 meta-batch is one stacked tensor.
 """
@@ -242,8 +244,7 @@ def load_dataset(source: str, options: dict, test_fraction: float = 0.3, split_s
         train_files, test_files = split_files(files, test_fraction, split_seed, lists)
         train = [s for f in train_files for s in load(f)]
         per_file = [load(f) for f in test_files]
-        if source == "skimage_patches":  # round-robin over the photos: the first N meta-test patches (--signals N) span them
-            per_file = [[s for s in turn if s is not None] for turn in zip_longest(*per_file)]
+        per_file = [[s for s in turn if s is not None] for turn in zip_longest(*per_file)]  # round-robin: the first N (--signals N) span the files
         test = [s for signals in per_file for s in signals]
     layout = train[0].layout
     for s in train + test:

@@ -120,6 +120,15 @@ def load_image(source: str | Path, resize: int | None = None, crop: tuple[int, i
     return image_signal(read_image(source), str(source), resize=resize, crop=crop, gray=gray, pad=pad)
 
 
+def center_crop(frames: Tensor, crop: tuple[int, int], what: str) -> Tensor:
+    """The centred (h, w) = ``crop`` window of (N, H, W, C) ``frames`` (of a ``what``: "image", "video"); a clear error when it does not fit."""
+    (h, w), (height, width) = crop, frames.shape[1:3]
+    if not (0 < h <= height and 0 < w <= width):
+        raise MclnfError(f"--crop {h} {w}: larger than the {what} ({height}×{width}) or not positive")
+    top, left = (height - h) // 2, (width - w) // 2
+    return frames[:, top : top + h, left : left + w]
+
+
 def image_signal(pixels: np.ndarray, source: str, resize: int | None = None, crop: tuple[int, int] | None = None, gray: bool = False, pad: int = 0) -> Signal:
     """An (H, W, C) pixel array (uint8, uint16 or floats in [0, 1]) named ``source`` as :func:`load_image` makes it."""
     if pixels.dtype == np.uint8:
@@ -138,11 +147,7 @@ def image_signal(pixels: np.ndarray, source: str, resize: int | None = None, cro
     if gray and x.shape[-1] == 3:
         x = x @ torch.tensor([[0.299], [0.587], [0.114]])
     if crop is not None:
-        h, w = crop
-        if not (0 < h <= x.shape[0] and 0 < w <= x.shape[1]):
-            raise MclnfError(f"--crop {h} {w}: larger than the image ({x.shape[0]}×{x.shape[1]}) or not positive")
-        top, left = (x.shape[0] - h) // 2, (x.shape[1] - w) // 2
-        x = x[top : top + h, left : left + w]
+        x = center_crop(x[None], crop, "image")[0]
     if resize:
         x = resize_longer_side(x[None], resize)[0]
     if pad < 0:

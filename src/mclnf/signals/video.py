@@ -1,4 +1,4 @@
-"""Video: MP4/GIF/MOV/AVI/WEBM files → (x, y, t) ↦ intensities in [0, 1]."""
+"""Video: MP4/MKV/GIF/MOV/AVI/WEBM/M4V files → (x, y, t) ↦ intensities in [0, 1]."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from torch import Tensor
 
 from mclnf.errors import MclnfError
 from mclnf.signals.base import GridLayout, Signal, check_readable
-from mclnf.signals.image import composite_on_white, image_metrics, resize_longer_side
+from mclnf.signals.image import center_crop, composite_on_white, image_metrics, resize_longer_side
 
-SUFFIXES = (".mp4", ".gif", ".mov", ".avi", ".webm")
+SUFFIXES = (".mp4", ".mkv", ".gif", ".mov", ".avi", ".webm", ".m4v")
 DEFAULT_FPS = 25.0
 
 
@@ -80,12 +80,13 @@ def _read_frames(path: Path, start_frame: int, frames: int | None) -> tuple[np.n
     return np.stack(got), fps
 
 
-def load_video(path: str | os.PathLike, frames: int | None = None, start_frame: int = 0, resize: int | None = None) -> Signal:
+def load_video(path: str | os.PathLike, frames: int | None = None, start_frame: int = 0, resize: int | None = None, crop: tuple[int, int] | None = None) -> Signal:
     """Load a video as a :class:`Signal` with values in [0, 1] on a (T, H, W) grid, coordinates (x, y, t).
 
     Reads ``frames`` frames (all if ``None``) from ``start_frame`` on, stopping the decoder early;
-    ``resize`` scales every frame so that its longer side is ``resize`` pixels (bilinear, no
-    antialiasing, like images). fps comes from the file (25 if it has none).
+    ``crop`` (h, w) takes the centred window of every frame first; ``resize`` then scales every frame
+    so that its longer side is ``resize`` pixels (bilinear, no antialiasing, like images). fps comes
+    from the file (25 if it has none).
     """
     p = check_readable(path, SUFFIXES)
     if frames is not None and frames < 1:
@@ -101,6 +102,8 @@ def load_video(path: str | os.PathLike, frames: int | None = None, start_frame: 
         raise MclnfError(f"{p}: unsupported frame shape {pixels.shape[1:]} or type {pixels.dtype}")
     x = torch.from_numpy(pixels.astype(np.float32) / 255.0)
     x = composite_on_white(x)  # RGBA (e.g. GIF)
+    if crop is not None:
+        x = center_crop(x, crop, "video")
     if resize:
         x = resize_longer_side(x, resize)
     t, h, w, c = x.shape
