@@ -11,14 +11,15 @@ Presets (``--preset``; each prints its deviations from the paper's protocol, Sec
   faces; mcl-nf, mol (both step accountings), maml-cl, oml, second-order, beside ol, cl, er, ewc and mer.
 * ``asl112`` — ``video/asl_gestures/`` (Table 5's VoxCeleb2 rows on the data pack's videos): 4-frame clips, every frame's
   centred 480 × 480 window resized to the paper's 112 × 112, one frame a task, ``--task-batch 1024``, 300 outer steps,
-  test-time steps 1, 4, 16, 64 on 10 clips (PSNR and SSIM); mcl-nf, mol (both accountings), maml-cl, oml beside ol, cl, er.
+  test-time steps 1, 4, 16, 64 on 5 clips, one from each of 5 held-out videos (PSNR and SSIM); mcl-nf, mol, maml-cl, oml
+  beside ol, cl, er; the offline references at equal updates per parameter only (``--offline-budget full``).
 * ``librispeech1`` — ``librispeech_clips/`` cut into 1 s clips (the paper's LibriSpeech1 rows), four 0.25 s tasks,
   ``--task-batch 1024``, 300 outer steps, test-time steps 1, 4, 16, 64 on 10 clips (PSNR and PESQ); mcl-nf, mol (both
   accountings), maml-cl, oml beside ol, cl and er.
 * ``lego_blocks`` — ``nerf/lego_synthetic_400/`` (Table 1's NeRF rows, an object instead of MatrixCity's blocks): the 100
   training views at 100², 12 blocks of 8 adjacent views (8 meta-train / 4 meta-test), 4 tasks of 2 views, EMCL's
-  meta-gradient, 500 outer steps, test-time steps 1 … 1024 on the 4 held-out blocks; mcl-nf, mcl-nf-fim (the paper's
-  form, λ 0.1), mol, maml-cl, oml beside random-init ``modular`` and ``cl`` (Adam 1e-3).
+  meta-gradient, 500 outer steps, test-time steps 1 … 1024 on 2 of the 4 held-out blocks; mcl-nf, mcl-nf-fim (the
+  paper's form, λ 0.1), maml-cl (from mol's θ₀), oml beside random-init ``modular`` and ``cl`` (Adam 1e-3).
 
 ``--test-optimizer adam`` scores the meta methods adapting with that optimizer instead (groups ``test-adam-*``; the
 baselines are the same).
@@ -56,7 +57,7 @@ DATA = Path(os.environ.get("MCLNF_DATA", Path(__file__).resolve().parents[2] / "
 SECOND = "second-order"
 ALL_RUNS = [("mcl-nf", SECOND), ("mol", SECOND), ("maml-cl", SECOND), ("oml", SECOND), ("mcl-nf-fim", SECOND), ("mcl-nf", "first-order"), ("mcl-nf", "emcl")]
 SINE = "sine 5 × 256 (mcl-nf modules 5 × 128)"
-EMCL_RUNS = [("mcl-nf", "emcl"), ("mcl-nf-fim", "emcl"), ("mol", "emcl"), ("maml-cl", "emcl"), ("oml", "emcl")]
+EMCL_RUNS = [("mcl-nf", "emcl"), ("mcl-nf-fim", "emcl"), ("maml-cl", "emcl"), ("oml", "emcl")]  # Table 1's NeRF rows (maml-cl: from mol's θ₀)
 PRESETS = {
     "celeba32": dict(data=str(DATA / "celeba_align" / "*.jpg"), load=["--crop", "178", "178", "--resize", "32"], train=["--outer-lr", "1e-4"], outer_steps=300,
                      steps=[1, 2, 4, 8, 16, 32, 64, 128], signals=5, runs=ALL_RUNS, baselines=["ol", "cl", "er", "ewc", "mer"],
@@ -68,15 +69,15 @@ PRESETS = {
                          steps=[1, 4, 16, 64], signals=10, runs=ALL_RUNS[:4], baselines=["ol", "cl", "er"],
                          deviations="120 LibriSpeech utterances (84 files meta-train / 36 meta-test) cut into 1 s clips, 4 tasks of 0.25 s, 1,024 samples per task per outer step"),
     "asl112": dict(data=str(DATA / "video" / "asl_gestures"), load=["--crop", "480", "480", "--resize", "112", "--clip", "4"], train=["--task-batch", "1024"],
-                   outer_steps=300, steps=[1, 4, 16, 64], signals=10, runs=ALL_RUNS[:4], baselines=["ol", "cl", "er"],
+                   test=["--offline-budget", "full"], outer_steps=300, steps=[1, 4, 16, 64], signals=5, runs=ALL_RUNS[:4], baselines=["ol", "cl", "er"],
                    deviations="20 asl_gestures videos (14 files meta-train / 6 meta-test; VoxCeleb2 in the paper) cut into 4-frame clips (228 / 95), 480² centre "
                               "crops resized to the paper's 112 × 112, 4 tasks of one frame, 1,024 pixels per task per outer step"),
     "lego_blocks": dict(data=str(DATA / "nerf" / "lego_synthetic_400"), load=["--resize", "100", "--samples", "32", "--block-views", "8"],
                         train=["--fim-form", "paper", "--fim-lambda", "0.1"], test=["--batch-size", "256", "--baseline-lr", "1e-3"], outer_steps=500,
-                        steps=[1, 4, 16, 64, 256, 1024], signals=4, runs=EMCL_RUNS, baselines=["modular", "cl"], baseline_lr="1e-3",
+                        steps=[1, 4, 16, 64, 256, 1024], paper_steps=1024, signals=2, runs=EMCL_RUNS, baselines=["modular", "cl"], baseline_lr="1e-3",
                         field="relu-pe 4 × 128 (mcl-nf modules 4 × 64), 32 samples a ray; mcl-nf-fim: the paper's form (eq. 2), λ 0.1",
                         deviations="one object scene (NeRF-synthetic lego) instead of a city: its 100 training views resized to 100², cut into 12 blocks of "
-                                   "8 views adjacent in azimuth (8 meta-train / 4 meta-test), 4 tasks of 2 views a block, 256 rays per task per outer step; "
+                                   "8 views adjacent in azimuth (8 meta-train / 4 meta-test, 2 scored), 4 tasks of 2 views a block, 256 rays per task per outer step; "
                                    "EMCL's meta-gradient (second-order: 3.4× slower per outer step); 256 rays per test-time step"),
 }  # fmt: skip
 
@@ -124,7 +125,7 @@ def main() -> None:
     ap.add_argument("--outer-steps", type=int, default=None, help="override the preset's")
     ap.add_argument("--signals", type=int, default=None, help="meta-test signals; override the preset's")
     ap.add_argument("--steps", type=int, nargs="+", default=None, help="test-time steps per task; override the preset's")
-    ap.add_argument("--methods", nargs="+", default=None, help="only the preset's runs of these meta methods")
+    ap.add_argument("--methods", nargs="+", default=None, help="score only these of the preset's meta methods (maml-cl still meta-trains as mol)")
     ap.add_argument("--baselines", nargs="*", default=None, help="override the preset's baselines")
     ap.add_argument("--test-optimizer", default=None, help="the meta methods' test-time optimizer (default: the inner loop's SGD); scored in test-OPTIMIZER-* groups")
     a = ap.parse_args()
@@ -135,29 +136,29 @@ def main() -> None:
     print(f"# MCL-NF Table 1, preset {a.preset}: torch {torch.__version__}, {a.jobs} process(es) side by side{', one thread each' if threads else ''}")
     test_opt = f"{a.test_optimizer} at its default rate" if a.test_optimizer else "the inner loop's SGD 1e-2"
     print(f"deviations from the paper: {p['deviations']}; {p.get('field', SINE)}; {outer} outer steps (the paper: 500k), meta-batch 4, "
-          f"3 inner SGD steps at 1e-2; test-time steps {', '.join(map(str, steps))} per task (the paper: to 4096) on the first {signals} meta-test signals "
+          f"3 inner SGD steps at 1e-2; test-time steps {', '.join(map(str, steps))} per task (the paper: to {p.get('paper_steps', 4096)}) on the first {signals} meta-test signals "
           f"(meta methods: {test_opt}; baselines: Adam {p.get('baseline_lr', '1e-4')})\n")  # fmt: skip
 
     baselines = p["baselines"] if a.baselines is None else a.baselines
-    p = dict(p, runs=[(m, g) for m, g in p["runs"] if a.methods is None or m in a.methods])
-    trained = [(m, g) for m, g in p["runs"] if (META_METHODS[m].trains_as, g) not in p["runs"]]  # maml-cl: mol's θ₀
+    scored = [(m, g) for m, g in p["runs"] if a.methods is None or m in a.methods]
+    trained = list(dict.fromkeys((META_METHODS[m].meta_training(), g) for m, g in scored))  # maml-cl: mol's θ₀ (mol scored only when selected)
     runs = [out / f"{m}-{g}" for m, g in trained]
     todo = [(r, m, g) for r, (m, g) in zip(runs, trained) if not (r / "init.safetensors").is_file()]
     train = lambda r, m, g: lambda: mclnf(["meta-train", p["data"], *p["load"], *p["train"], "--method", m, "--meta-grad", g, "--outer-steps", str(outer),  # noqa: E731
                                            "--quiet", "--overwrite", "--out", str(r)], out / "logs" / f"{r.name}.log", threads)  # fmt: skip
     in_parallel([train(*t) for t in todo], a.jobs)
     print("| method | meta-gradient | outer steps | meta-train s | episodes/s | loss after adaptation |\n|---|---|---|---|---|---|")
-    for m, g in p["runs"]:
+    for m, g in dict.fromkeys(trained + scored):
         if (m, g) not in trained:
-            print(f"| {m} | {g} | {META_METHODS[m].trains_as}'s θ₀ | – | – | – |")
+            print(f"| {m} | {g} | {META_METHODS[m].meta_training()}'s θ₀ | – | – | – |")
             continue
         j = json.loads((out / f"{m}-{g}" / "meta_train.json").read_text())
         print(f"| {m} | {g} | {j['outer_steps']} | {j['train_s']:.0f} | {j['episodes_per_s']:.1f} | {j['final_loss']:.4g} |")
-    specs = [f"{out}/{m}-{g}" if (m, g) in trained else f"{out}/{META_METHODS[m].trains_as}-{g}:{m}" for m, g in p["runs"]]
+    specs = [f"{out}/{m}-{g}" if (m, g) in trained else f"{out}/{META_METHODS[m].meta_training()}-{g}:{m}" for m, g in scored]
 
     test = ["--steps", *map(str, steps), "--signals", str(signals), *p.get("test", []), "--quiet", "--overwrite"]
     tag, meta_opt = (f"test-{a.test_optimizer}-", ["--test-optimizer", a.test_optimizer]) if a.test_optimizer else ("test-", [])
-    groups = [(out / f"{tag}{m}-{g}", [spec, p["data"], "--baselines", *meta_opt]) for spec, (m, g) in zip(specs, p["runs"])]
+    groups = [(out / f"{tag}{m}-{g}", [spec, p["data"], "--baselines", *meta_opt]) for spec, (m, g) in zip(specs, scored)]
     groups += [(out / f"test-{b}", [str(runs[0]), p["data"], "--baselines", b]) for b in baselines]
     score = lambda g, args: lambda: mclnf(["meta-test", *args, *test, "--out", str(g)], out / "logs" / f"{g.name}.log", threads)  # noqa: E731
     seconds = in_parallel([score(g, args) if not (g / "metrics.json").is_file() else (lambda: 0.0) for g, args in groups], a.jobs)
