@@ -21,8 +21,8 @@ Presets (``--preset``; each prints its deviations from the paper's protocol, Sec
   meta-gradient, 500 outer steps, test-time steps 1 … 1024 on 2 of the 4 held-out blocks; mcl-nf, mcl-nf-fim (the
   paper's form, λ 0.1), maml-cl (from mol's θ₀), oml beside random-init ``modular`` and ``cl`` (Adam 1e-3).
 
-``--test-optimizer adam`` scores the meta methods adapting with that optimizer instead (groups ``test-adam-*``; the
-baselines are the same).
+``--test-optimizer adam [--test-lr 1e-3]`` scores the meta methods adapting with that optimizer instead (groups
+``test-adam-*``; the baselines are the same).
 
 Every meta-train run and every meta-test group is its own ``mclnf`` process; ``--jobs N`` runs N of them side by side,
 each on one thread (so N cores, N times the throughput). A meta-test group is one run, or one baseline scored beside
@@ -128,13 +128,14 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=None, help="score only these of the preset's meta methods (maml-cl still meta-trains as mol)")
     ap.add_argument("--baselines", nargs="*", default=None, help="override the preset's baselines")
     ap.add_argument("--test-optimizer", default=None, help="the meta methods' test-time optimizer (default: the inner loop's SGD); scored in test-OPTIMIZER-* groups")
+    ap.add_argument("--test-lr", default=None, help="with --test-optimizer: its learning rate (default: the optimizer's)")
     a = ap.parse_args()
     p = PRESETS[a.preset]
     outer, signals, steps = a.outer_steps or p["outer_steps"], a.signals or p["signals"], a.steps or p["steps"]
     out, threads = a.out / a.preset, (1 if a.jobs > 1 else None)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     print(f"# MCL-NF Table 1, preset {a.preset}: torch {torch.__version__}, {a.jobs} process(es) side by side{', one thread each' if threads else ''}")
-    test_opt = f"{a.test_optimizer} at its default rate" if a.test_optimizer else "the inner loop's SGD 1e-2"
+    test_opt = f"{a.test_optimizer} {a.test_lr or 'at its default rate'}" if a.test_optimizer else "the inner loop's SGD 1e-2"
     print(f"deviations from the paper: {p['deviations']}; {p.get('field', SINE)}; {outer} outer steps (the paper: 500k), meta-batch 4, "
           f"3 inner SGD steps at 1e-2; test-time steps {', '.join(map(str, steps))} per task (the paper: to {p.get('paper_steps', 4096)}) on the first {signals} meta-test signals "
           f"(meta methods: {test_opt}; baselines: Adam {p.get('baseline_lr', '1e-4')})\n")  # fmt: skip
@@ -157,7 +158,7 @@ def main() -> None:
     specs = [f"{out}/{m}-{g}" if (m, g) in trained else f"{out}/{META_METHODS[m].meta_training()}-{g}:{m}" for m, g in scored]
 
     test = ["--steps", *map(str, steps), "--signals", str(signals), *p.get("test", []), "--quiet", "--overwrite"]
-    tag, meta_opt = (f"test-{a.test_optimizer}-", ["--test-optimizer", a.test_optimizer]) if a.test_optimizer else ("test-", [])
+    tag, meta_opt = (f"test-{a.test_optimizer}-", ["--test-optimizer", a.test_optimizer, *(["--test-lr", a.test_lr] if a.test_lr else [])]) if a.test_optimizer else ("test-", [])
     groups = [(out / f"{tag}{m}-{g}", [spec, p["data"], "--baselines", *meta_opt]) for spec, (m, g) in zip(specs, scored)]
     groups += [(out / f"test-{b}", [str(runs[0]), p["data"], "--baselines", b]) for b in baselines]
     score = lambda g, args: lambda: mclnf(["meta-test", *args, *test, "--out", str(g)], out / "logs" / f"{g.name}.log", threads)  # noqa: E731
@@ -168,8 +169,9 @@ def main() -> None:
     print(per_step_table(records, metrics[0]))
     print(table1(records, metrics) + budget_note(records, json.loads((runs[0] / "meta_train.json").read_text())["config"]["tasks"]))
     print(compute_table(records, metrics[0]))
-    plot_meta_test(records, metrics[0], out / f"{metrics[0]}_vs_step.png", title=f"{a.preset} · {signals} meta-test signals")
-    print(f"figure: {out / (metrics[0] + '_vs_step.png')}; each group's tables, grids and reconstructions in {out}/test-*/")
+    figure = out / f"{tag.removeprefix('test-')}{metrics[0]}_vs_step.png"
+    plot_meta_test(records, metrics[0], figure, title=f"{a.preset} · {signals} meta-test signals")
+    print(f"figure: {figure}; each group's tables, grids and reconstructions in {out}/test-*/")
 
 
 if __name__ == "__main__":
