@@ -1,4 +1,4 @@
-"""The built-in meta-learning datasets: ``skimage_patches`` against the photos it is cut from."""
+"""Meta-learning datasets: the built-in ``skimage_patches`` against the photos it is cut from, and a folder of videos cut into clips."""
 
 from pathlib import Path
 
@@ -49,6 +49,6 @@ def test_held_out_clips_take_the_files_in_turn(tmp_path):
     lists = (str(tmp_path / "train.txt"), str(tmp_path / "test.txt"))
     ds = load_dataset(str(folder), {"crop": (480, 480), "resize": 112}, lists=lists, clip=20)
     assert ds.layout.grid_shape == (20, 112, 112) and [Path(f).name for f in ds.test_files] == ["bird.mkv", "book.mkv"]
-    clips = [f"{Path(s.name).name}" for s in ds.test]
+    clips = [Path(s.name).name for s in ds.test]
     assert clips == ["bird.mkv@0", "book.mkv@0", "bird.mkv@20", "book.mkv@20", "bird.mkv@40", "book.mkv@40", "book.mkv@60", "book.mkv@80"]  # 63 and 109 frames
     assert all(Path(s.name).name.startswith("again.mkv@") for s in ds.train)
