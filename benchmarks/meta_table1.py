@@ -158,8 +158,10 @@ def main() -> None:
     specs = [f"{out}/{m}-{g}" if (m, g) in trained else f"{out}/{META_METHODS[m].meta_training()}-{g}:{m}" for m, g in scored]
 
     test = ["--steps", *map(str, steps), "--signals", str(signals), *p.get("test", []), "--quiet", "--overwrite"]
-    tag, meta_opt = (f"test-{a.test_optimizer}-", ["--test-optimizer", a.test_optimizer, *(["--test-lr", a.test_lr] if a.test_lr else [])]) if a.test_optimizer else ("test-", [])
-    groups = [(out / f"{tag}{m}-{g}", [spec, p["data"], "--baselines", *meta_opt]) for spec, (m, g) in zip(specs, scored)]
+    prefix, meta_opt = "", []  # the meta methods' groups and figure under another test-time optimizer: "adam-…"
+    if a.test_optimizer:
+        prefix, meta_opt = f"{a.test_optimizer}-", ["--test-optimizer", a.test_optimizer, *(["--test-lr", a.test_lr] if a.test_lr else [])]
+    groups = [(out / f"test-{prefix}{m}-{g}", [spec, p["data"], "--baselines", *meta_opt]) for spec, (m, g) in zip(specs, scored)]
     groups += [(out / f"test-{b}", [str(runs[0]), p["data"], "--baselines", b]) for b in baselines]
     score = lambda g, args: lambda: mclnf(["meta-test", *args, *test, "--out", str(g)], out / "logs" / f"{g.name}.log", threads)  # noqa: E731
     seconds = in_parallel([score(g, args) if not (g / "metrics.json").is_file() else (lambda: 0.0) for g, args in groups], a.jobs)
@@ -169,7 +171,7 @@ def main() -> None:
     print(per_step_table(records, metrics[0]))
     print(table1(records, metrics) + budget_note(records, json.loads((runs[0] / "meta_train.json").read_text())["config"]["tasks"]))
     print(compute_table(records, metrics[0]))
-    figure = out / f"{tag.removeprefix('test-')}{metrics[0]}_vs_step.png"
+    figure = out / f"{prefix}{metrics[0]}_vs_step.png"
     plot_meta_test(records, metrics[0], figure, title=f"{a.preset} · {signals} meta-test signals")
     print(f"figure: {figure}; each group's tables, grids and reconstructions in {out}/test-*/")
 
