@@ -25,8 +25,8 @@ Presets (``--preset``; each prints its deviations from the paper's protocol, Sec
 ``test-adam-*``; the baselines are the same).
 
 Every meta-train run and every meta-test group is its own ``mclnf`` process; ``--jobs N`` runs N of them side by side,
-each on one thread (so N cores, N times the throughput). A meta-test group is one run, or one baseline scored beside
-the first run (mcl-nf in every preset, the cheapest to score; its second copy is dropped). maml-cl is not meta-trained: it meta-trains exactly as mol, so it is
+each on one thread (so N cores, N times the throughput). A meta-test group is one run, or one baseline (``--baselines-only``
+beside the first run, which defines the dataset, its tasks and the field). maml-cl is not meta-trained: it meta-trains exactly as mol, so it is
 scored from mol's θ₀ (``mclnf meta-test MOL_RUN:maml-cl``). A run already in ``--out`` (its ``init.safetensors``) is not trained
 again and a group with its ``metrics.json`` is not scored again, so an interrupted benchmark picks up where it stopped.
 The merged tables come from the groups' ``metrics.json`` through :mod:`mclnf.eval.tables`, the curve plot through
@@ -162,7 +162,7 @@ def main() -> None:
     if a.test_optimizer:
         prefix, meta_opt = f"{a.test_optimizer}-", ["--test-optimizer", a.test_optimizer, *(["--test-lr", a.test_lr] if a.test_lr else [])]
     groups = [(out / f"test-{prefix}{m}-{g}", [spec, p["data"], "--baselines", *meta_opt]) for spec, (m, g) in zip(specs, scored)]
-    groups += [(out / f"test-{b}", [str(runs[0]), p["data"], "--baselines", b]) for b in baselines]
+    groups += [(out / f"test-{b}", [str(runs[0]), p["data"], "--baselines", b, "--baselines-only"]) for b in baselines]
     score = lambda g, args: lambda: mclnf(["meta-test", *args, *test, "--out", str(g)], out / "logs" / f"{g.name}.log", threads)  # noqa: E731
     seconds = in_parallel([score(g, args) if not (g / "metrics.json").is_file() else (lambda: 0.0) for g, args in groups], a.jobs)
     records = merged_records([g for g, _ in groups])

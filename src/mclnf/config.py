@@ -314,6 +314,7 @@ class MetaTestConfig(DeviceOptions, PrecisionOptions, RunOptions, TrackingOption
     test_lr: float | None = option(None, "its learning rate (default: the inner learning rate for sgd, else the optimizer's)")
     baselines: list[str] = option(["ol", "cl", "er", "ewc", "mer"], "non-meta baselines from random initializations (modular: one module per task)",
                                   choices=tuple(CONTINUAL_LEARNERS), nargs="*")  # fmt: skip
+    baselines_only: bool = option(False, "score the baselines only: the runs still define the dataset, its tasks and the field")
     baseline_optimizer: str = option("adam", "the baselines' optimizer", choices=tuple(OPTIMIZERS))
     baseline_lr: float = option(1e-4, "the baselines' learning rate")
     batch_size: int | None = option(None, "samples per test-time step (default: the whole task)")
@@ -330,6 +331,8 @@ class MetaTestConfig(DeviceOptions, PrecisionOptions, RunOptions, TrackingOption
         bad = [b for b in self.baselines if b not in CONTINUAL_LEARNERS]
         if bad:
             raise MclnfError(f"--baselines {bad[0]}: unknown; choose from {', '.join(CONTINUAL_LEARNERS)}")
+        if self.baselines_only and not self.baselines:
+            raise MclnfError("--baselines-only: no --baselines to score")
         bad = [b for b in self.offline_budget if b not in OFFLINE_BUDGETS] or ([] if self.offline_budget else ["(none)"])
         if bad:
             raise MclnfError(f"--offline-budget {bad[0]}: choose one or both of {', '.join(OFFLINE_BUDGETS)}")

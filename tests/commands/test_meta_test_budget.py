@@ -74,3 +74,18 @@ def test_a_run_cannot_be_scored_as_a_method_that_trains_otherwise(mol_run, tmp_p
     assert cli("meta-test", run, "lfw_subset", "--out", tmp_path / "x") == 2
     assert one_line(capsys.readouterr().err).endswith("can be tested as maml-cl or mol only (the methods that meta-train as it does)")
     assert not (tmp_path / "x").exists()
+
+
+def test_baselines_only_scores_what_the_baselines_score_beside_the_run(mol_run, tmp_path, capsys):
+    """``--baselines-only``: the run defines the data, tasks and field but is not scored; each baseline's record is the one
+    it gets beside the run, to the bit (its initialization and batches are seeded alike)."""
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    args = ("--steps", 1, 2, "--signals", 2, "--baselines", "ol", "cl", "--offline-budget", "full", "--quiet")
+    assert cli("meta-test", mol_run, "lfw_subset", *args, "--out", both) == 0
+    assert cli("meta-test", mol_run, "lfw_subset", *args, "--baselines-only", "--out", alone) == 0
+    records = {p: {m["name"]: m["curve"] for m in json.loads((p / "metrics.json").read_text())["methods"]} for p in (both, alone)}
+    assert list(records[alone]) == ["ol (full batch)", "cl"]
+    assert records[alone] == {k: v for k, v in records[both].items() if k != "mol (full batch)"}
+    assert cli("meta-test", mol_run, "lfw_subset", "--baselines", "--baselines-only", "--out", tmp_path / "x") == 2
+    assert "--baselines-only: no --baselines to score" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()

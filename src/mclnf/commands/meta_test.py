@@ -17,7 +17,8 @@ The offline references ``mol`` and ``ol`` learn the whole signal, so "s steps pe
 Each meta method meets the stream with its own test-time learner (:meth:`mclnf.learners.MetaMethod.test_learner`) and the inner
 loop's optimizer (SGD at the inner learning rate) unless ``test_optimizer`` is given; the baselines
 (``ol``, ``cl``, ``er``, ``ewc``, ``mer``, ``modular``) start from random initializations with
-``baseline_optimizer`` (Adam 1e-4, as ``mclnf continual``).
+``baseline_optimizer`` (Adam 1e-4, as ``mclnf continual``). ``baselines_only`` scores the baselines alone (the runs
+still define the dataset, its tasks and the field): a baseline added to a comparison does not re-score the runs.
 
 Outputs: ``table.md`` (MCL-NF's Table 1: Step 1 / Best (step) / Final, per metric), ``compute.md``
 (Table 6: parameters, peak memory of one test-time step per task — allocations, see
@@ -110,9 +111,9 @@ OFFLINE = ("mol", "ol")  # the methods that learn the whole signal at once
 
 
 def entries(runs: list[MetaRun], cfg: MetaTestConfig) -> list[tuple[MetaRun | str, str | None]]:
-    """(method, offline budget) in scoring order: the runs, then the baselines; an offline one once per ``offline_budget``."""
+    """(method, offline budget) in scoring order: the runs (unless ``baselines_only``), then the baselines; an offline one once per ``offline_budget``."""
     method = lambda e: e if isinstance(e, str) else e.config.method  # noqa: E731
-    return [(e, budget) for e in [*runs, *cfg.baselines] for budget in (cfg.offline_budget if method(e) in OFFLINE else [None])]
+    return [(e, budget) for e in [*([] if cfg.baselines_only else runs), *cfg.baselines] for budget in (cfg.offline_budget if method(e) in OFFLINE else [None])]
 
 
 def method_name(entry: MetaRun | str, budget: str | None, runs: list[MetaRun]) -> str:
