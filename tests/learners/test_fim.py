@@ -393,6 +393,33 @@ def test_meta_inner_loop_carries_the_tasks_fisher_in_the_paper_form():
     assert not torch.allclose(flat(adapted["paper"].values()), flat(adapted["normalized"].values()))
 
 
+@pytest.mark.parametrize("use_vmap", [True, False])
+def test_meta_outer_loss_weighs_with_the_fisher_the_inner_steps_carried(use_vmap):
+    """mcl-nf-fim --fim-form paper: the meta-objective is, task by task, the FIM loss at the adapted parameters weighted with
+    the Fisher of the task's k inner steps plus its own batch (Alg. 1 l. 23 "as in steps 10–12"), summed over the tasks
+    and divided by their count — a hand-written loop over :func:`fim_loss` in float64, vmapped or not."""
+    ds = load_dataset("lfw_subset", {"resize": 6})
+    y = ds.values("train")[:1].double()
+    k, lr = 2, 0.05
+    m = MCLNFFIM(ds.layout, FieldConfig(2, 1, width=8, depth=3, omega0=3.0),
+                 MetaOptions(method="mcl-nf-fim", inner_steps=k, inner_lr=lr, fim_form="paper", fim_lambda=0.7, vmap=use_vmap))  # fmt: skip
+    m.template.double()
+    m.coords = m.coords.double()
+    theta = {k_: v.double() for k_, v in m.init_params(0).items()}
+    obj, _, _ = m.objective(theta, y, count=m.opts.tasks)
+    want, own = 0.0, 0.0
+    for idx, mask in zip(m.idx, m.mask.double()):  # each task's samples, padded (6 rows in 4 strips)
+        x, yy = m.coords[idx], y[0, idx]
+        p, sums = dict(theta), None
+        for _ in range(k):
+            g, sums = grad(lambda q: fim_loss(m.template, x, yy, 0.7, mask=mask, params=q, form="paper", prior=sums, with_sums=True), has_aux=True)(p)
+            p = {n: v - lr * g[n] for n, v in p.items()}
+        want += float(fim_loss(m.template, x, yy, 0.7, mask=mask, params=p, form="paper", prior=sums))
+        own += float(fim_loss(m.template, x, yy, 0.7, mask=mask, params=p, form="paper"))  # its batch's own Fisher only
+    assert float(obj) == pytest.approx(want / m.opts.tasks, rel=1e-10)
+    assert abs(own - want) > 1e-6 * abs(want)  # the carried Fisher changes the loss
+
+
 def test_weight_stats_are_those_of_the_weights_and_meta_train_logs_them(tiny, tmp_path):
     import json
 

@@ -129,10 +129,11 @@ def batched(fn: Callable, in_dims: tuple, use_vmap: bool) -> Callable:
         return vmap(fn, in_dims=in_dims, randomness="different")
 
     def loop(*args):
-        n = next(a.shape[0] if isinstance(a, Tensor) else len(next(iter(a.values()))) for a, d in zip(args, in_dims) if d == 0)
-        pick = lambda a, d, i: a if d is None else ({k: v[i] for k, v in a.items()} if isinstance(a, dict) else a[i])  # noqa: E731
+        tree = torch.utils._pytree
+        n = next(leaves[0].shape[0] for a, d in zip(args, in_dims) if d == 0 and (leaves := tree.tree_leaves(a)))
+        pick = lambda a, d, i: a if d is None else tree.tree_map(lambda v: v[i], a)  # noqa: E731
         outs = [fn(*(pick(a, d, i) for a, d in zip(args, in_dims))) for i in range(n)]
-        return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
+        return tree.tree_map(lambda *xs: torch.stack(xs), *outs)
 
     return loop
 
@@ -202,10 +203,14 @@ class MetaMethod:
         """An inner step's loss and what the task's next step needs: tensors, () at a task's first step (here always ())."""
         return self.loss(params, x, y, m), state
 
-    def adapt(self, theta0: Params, fast: Params, data: list[tuple[Tensor, Tensor, Tensor]], h: Params | None) -> tuple[Params, Params]:
+    def outer_loss(self, params: Params, x: Tensor, y: Tensor, m: Tensor, state) -> Tensor:
+        """The loss after adaptation (Alg. 1 l. 23), given what the task's inner steps carried (:meth:`inner_loss`; here unused)."""
+        return self.loss(params, x, y, m)
+
+    def adapt(self, theta0: Params, fast: Params, data: list[tuple[Tensor, Tensor, Tensor]], h: Params | None) -> tuple[Params, Params, object]:
         """k inner steps of the rule on each (x, y, mask) of ``data`` in turn, adapting the ``fast``
-        parameters (a subset of θ₀'s names, started from ``fast``); returns them and the Taylor
-        importance |g ⊙ θ₀| of the first step."""
+        parameters (a subset of θ₀'s names, started from ``fast``); returns them, the Taylor
+        importance |g ⊙ θ₀| of the first step and what the last task's steps carried (:meth:`inner_loss`)."""
         slow = {k: v for k, v in theta0.items() if k not in fast}
         steps = {k: self.rule.inner_step(self.opts, theta0[k], None if h is None else h[k]) for k in fast}
         importance = None
@@ -216,7 +221,7 @@ class MetaMethod:
                 if importance is None:
                     importance = {k: (g[k] * theta0[k]).abs().detach() for k in g}
                 fast = {k: steps[k](p, g[k]) for k, p in fast.items()}
-        return fast, importance
+        return fast, importance, state
 
     # ---- the meta-objective --------------------------------------------------------------------
     def task_subset(self, seed: int, step: int) -> Tensor | None:
@@ -230,9 +235,9 @@ class MetaMethod:
 
     def episodes(self, start: Params, fast0: Params, h: Params | None, coords: Tensor, values: Tensor, idx: Tensor, mask: Tensor, whole: bool):
         """Adapt every inner problem of the meta-batch; returns the adapted fast parameters (batched),
-        the importance and the outer loss's data (x, y, mask), batched alike. Here: one problem per
-        signal, its inner data :meth:`inner_data`, its outer data the whole signal (or the union of the
-        tasks' subsets)."""
+        the importance and the outer loss's data (x, y, mask, what the inner steps carried), batched alike.
+        Here: one problem per signal, its inner data :meth:`inner_data`, its outer data the whole signal
+        (or the union of the tasks' subsets; nothing carried: the inner loop's tasks are not the outer data)."""
         B = values.shape[0]
         if whole:
             x_all, y_all, m_all = coords, values, torch.ones_like(values[..., 0])
@@ -242,8 +247,8 @@ class MetaMethod:
         def one(x, y, xa, ya, ma):
             return self.adapt(start, fast0, self.inner_data(x, y, xa, ya, ma, idx, mask), h)
 
-        adapted, imp = batched(one, (0, 0, 0, 0, 0), self.opts.vmap)(coords, values, x_all, y_all, m_all)
-        return adapted, imp, (x_all, y_all, m_all)
+        adapted, imp, _ = batched(one, (0, 0, 0, 0, 0), self.opts.vmap)(coords, values, x_all, y_all, m_all)
+        return adapted, imp, (x_all, y_all, m_all, ())
 
     def inner_data(self, x, y, xa, ya, ma, idx, mask) -> list[tuple[Tensor, Tensor, Tensor]]:
         """What one signal's inner loop learns, in turn: its whole signal (MOL, MAML+CL)."""
@@ -267,7 +272,7 @@ class MetaMethod:
             idx, mask = idx.gather(1, subset), mask.gather(1, subset)
         adapted, imp, outer_data = self.episodes(start, fast0, hh, coords, values, idx, mask, whole=subset is None)
         rest = {k: theta0[k] for k in theta0 if k not in self.fast}  # oml's representation: live θ₀
-        losses = batched(lambda fast, x, y, m: self.loss({**rest, **fast}, x, y, m), (0, 0, 0, 0), self.opts.vmap)(self.rule.outer_params(theta0, adapted), *outer_data)
+        losses = batched(lambda fast, x, y, m, carried: self.outer_loss({**rest, **fast}, x, y, m, carried), (0,) * 5, self.opts.vmap)(self.rule.outer_params(theta0, adapted), *outer_data)
         obj = (losses.sum() + self.rule.extra(self.opts, theta0, adapted, h)) / count
         return obj, losses.detach().sum(), {k: v.sum(0) for k, v in imp.items()}
 
@@ -313,13 +318,14 @@ class MCLNF(MetaMethod):
     modular = True
 
     def episodes(self, start, fast0, h, coords, values, idx, mask, whole):
-        """Every (signal, task) pair adapts its own module on its task's samples, independently."""
+        """Every (signal, task) pair adapts its own module on its task's samples, independently; the outer loss scores it on
+        the same samples (Alg. 1's query set is the task's context set), with what its inner steps carried."""
         B, (T, M) = values.shape[0], idx.shape
         xs = coords[:, idx].reshape(B * T, M, -1)
         ys = values[:, idx].reshape(B * T, M, -1)
         ms = mask.expand(B, T, M).reshape(B * T, M)
-        adapted, imp = batched(lambda x, y, m: self.adapt(start, fast0, [(x, y, m)], h), (0, 0, 0), self.opts.vmap)(xs, ys, ms)
-        return adapted, imp, (xs, ys, ms)
+        adapted, imp, carried = batched(lambda x, y, m: self.adapt(start, fast0, [(x, y, m)], h), (0, 0, 0), self.opts.vmap)(xs, ys, ms)
+        return adapted, imp, (xs, ys, ms, carried)
 
     def test_learner(self, signal, tasks, opts, theta0):
         opts = dataclasses.replace(opts, module_width=self.field_config.width, modules=None)
@@ -343,11 +349,17 @@ class MCLNFFIM(MCLNF):
         return fim_weight_stats(self.template, self.coords.to(values)[real], values[0][real], self.opts.fim_lambda, self.loss_name, self.opts.fisher, theta0)
 
     def inner_loss(self, params, x, y, m, state):
-        """``--fim-form paper``: the task's Fisher accumulates over its inner steps (Alg. 1 l. 8, 16); the outer loss
-        takes the Fisher of its own batch."""
+        """``--fim-form paper``: the task's Fisher accumulates over its inner steps (Alg. 1 l. 8, 16)."""
         if self.opts.fim_form != "paper":
             return self.loss(params, x, y, m), state
         return self.loss(params, x, y, m, prior=state or None, with_sums=True)
+
+    def outer_loss(self, params, x, y, m, state):
+        """``--fim-form paper``: the outer loss weighs with the Fisher the task's inner steps accumulated, its own batch at
+        the adapted parameters added (Alg. 1 l. 23, "as in steps 10–12", read as an inner step is); else its batch's own."""
+        if self.opts.fim_form != "paper":
+            return self.loss(params, x, y, m)
+        return self.loss(params, x, y, m, prior=state)
 
     def test_learner(self, signal, tasks, opts, theta0):
         o = self.opts
