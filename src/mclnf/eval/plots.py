@@ -21,15 +21,15 @@ def label(metric: str) -> str:
     return LABELS.get(metric, metric.replace("_", " "))
 
 
-def plot_curve(curve: list[dict], path: Path, title: str = "", log_steps: bool = True) -> None:
+def plot_curve(curve: list[dict], path: Path, title: str = "", log_steps: bool = True, x_label: str = "step", x_seconds: str = "training time (s)") -> None:
     """Every quantity the curve records (the training loss and each metric), one column each: against training
-    steps (top; log scale when the evaluations are log-spaced) and against training seconds (bottom)."""
+    steps (top, ``x_label``; log scale when the evaluations are log-spaced) and against training seconds (bottom, ``x_seconds``)."""
     names = [k for k in curve[0] if k not in ("step", "time_s") and any(isinstance(c.get(k), (int, float)) for c in curve)]
     fig, axes = plt.subplots(2, len(names), figsize=(max(4.6, 3.4 * len(names)), 5.6), squeeze=False, constrained_layout=True)
     for j, name in enumerate(names):
         points = [(c["step"], c["time_s"], c[name]) for c in curve if isinstance(c.get(name), (int, float))]
         steps, seconds, values = zip(*points)
-        for ax, x, xlabel in ((axes[0][j], steps, "step"), (axes[1][j], seconds, "training time (s)")):
+        for ax, x, xlabel in ((axes[0][j], steps, x_label), (axes[1][j], seconds, x_seconds)):
             ax.plot(x, values, "o-", ms=3)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(label(name))
@@ -39,7 +39,7 @@ def plot_curve(curve: list[dict], path: Path, title: str = "", log_steps: bool =
         if log_steps:
             axes[0][j].set_xscale("log", base=2)
             axes[0][j].xaxis.set_major_formatter(ScalarFormatter())  # 1, 4, 16, … rather than 2⁰, 2², 2⁴, …
-        axes[0][j].set_title(f"{label(name)}: {values[-1]:.4g} at step {steps[-1]}", fontsize=9)
+        axes[0][j].set_title(f"{label(name)}: {values[-1]:.4g} at {x_label} {steps[-1]}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
