@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from meta_table1 import PRESETS, mclnf
 
-from mclnf.eval.plots import plot_curve
+from mclnf.eval.plots import label, plot_curve
 
 
 def main() -> None:
@@ -64,7 +64,7 @@ def main() -> None:
                      **{f"{m}_at_step_{s}": v for s, values in record["curve"].items() for m, v in values.items()}})  # fmt: skip
 
     metrics = [key for key in rows[0] if key not in ("step", "time_s", "loss")]
-    print(f"| outer steps | meta-train s | loss after adaptation | {' | '.join(m.replace('_', ' ') for m in metrics)} |")
+    print(f"| outer steps | meta-train s | loss after adaptation | {' | '.join(map(label, metrics))} |")
     print(f"|{'---|' * (len(metrics) + 3)}")
     for r in rows:
         print(f"| {r['step']} | {r['time_s']:.0f} | {r['loss']:.4g} | " + " | ".join(f"{r[m]:.4g}" for m in metrics) + " |")

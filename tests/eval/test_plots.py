@@ -54,6 +54,15 @@ def test_curve_of_occupancy_and_of_evenly_spaced_evaluations(tmp_path, figures):
 
 def test_labels():
     assert [plots.label(m) for m in ("psnr", "ssim", "iou", "pesq", "loss", "grad_norm")] == ["PSNR (dB)", "SSIM", "IoU", "PESQ (wide-band MOS)", "training loss", "grad norm"]
+    assert plots.label("psnr_at_step_16") == "PSNR (dB) at step 16"
+
+
+def test_curve_against_outer_steps_names_its_axes(tmp_path, figures):
+    """meta_outer_curve.py's figure: x labelled as given, the metric at a step count labelled as that metric."""
+    plots.plot_curve(curve([50, 100, 200], psnr_at_step_1=lambda s: s / 10), tmp_path / "c.png", x_label="outer step", x_seconds="meta-train time (s)")
+    (fig,) = figures
+    assert fig.axes[1].get_ylabel() == "PSNR (dB) at step 1" and fig.axes[1].get_xlabel() == "outer step"
+    assert fig.axes[3].get_xlabel() == "meta-train time (s)" and "20 at outer step 200" in fig.axes[1].get_title()
 
 
 def test_reconstruction_grid_titles_every_tile_with_its_psnr(tmp_path, figures):

@@ -17,8 +17,9 @@ LABELS = {"loss": "training loss", "psnr": "PSNR (dB)", "ssim": "SSIM", "pesq": 
 
 
 def label(metric: str) -> str:
-    """A metric's axis label: ``PSNR (dB)``, ``SSIM``, ``IoU``, …"""
-    return LABELS.get(metric, metric.replace("_", " "))
+    """A metric's axis label: ``PSNR (dB)``, ``SSIM``, ``IoU``, …; ``psnr_at_step_16``: ``PSNR (dB) at step 16``."""
+    base, _, where = metric.partition("_at_")
+    return LABELS.get(base, base.replace("_", " ")) + (f" at {where.replace('_', ' ')}" if where else "")
 
 
 def plot_curve(curve: list[dict], path: Path, title: str = "", log_steps: bool = True, x_label: str = "step", x_seconds: str = "training time (s)") -> None:
