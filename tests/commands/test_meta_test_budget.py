@@ -1,5 +1,6 @@
 """``mclnf meta-test``'s two accountings of the offline references (``--offline-budget``): ``stream`` gives ``mol`` and
-``ol`` s·T updates of one task's batch, ``full`` s updates of T tasks' batches — counted here in the test-time logs."""
+``ol`` s·T updates of one task's batch, ``full`` s updates of T tasks' batches — counted here in the test-time logs;
+and which methods a meta-test scores (runs named by their folders, ``RUN:maml-cl``, ``--baselines-only``)."""
 
 import json
 
