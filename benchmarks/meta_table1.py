@@ -23,6 +23,8 @@ Presets (``--preset``; each prints its deviations from the paper's protocol, Sec
 
 ``--test-optimizer adam [--test-lr 1e-3]`` scores the meta methods adapting with that optimizer instead (groups
 ``test-adam-*``; the baselines are the same).
+``--meta-grad second-order`` meta-trains every run with that meta-gradient instead of the preset's (runs
+``METHOD-second-order``; the baselines' groups are shared).
 
 Every meta-train run and every meta-test group is its own ``mclnf`` process; ``--jobs N`` runs N of them side by side,
 each on one thread (so N cores, N times the throughput). A meta-test group is one run, or one baseline (``--baselines-only``
@@ -51,7 +53,7 @@ import torch
 from mclnf.commands.meta_test import budget_note
 from mclnf.eval.plots import plot_meta_test
 from mclnf.eval.tables import compute_table, table1
-from mclnf.learners import META_METHODS
+from mclnf.learners import META_GRADIENTS, META_METHODS
 
 DATA = Path(os.environ.get("MCLNF_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SECOND = "second-order"
@@ -78,7 +80,7 @@ PRESETS = {
                         field="relu-pe 4 × 128 (mcl-nf modules 4 × 64), 32 samples a ray; mcl-nf-fim: the paper's form (eq. 2), λ 0.1",
                         deviations="one object scene (NeRF-synthetic lego) instead of a city: its 100 training views resized to 100², cut into 12 blocks of "
                                    "8 views adjacent in azimuth (8 meta-train / 4 meta-test, 2 scored), 4 tasks of 2 views a block, 256 rays per task per outer step; "
-                                   "EMCL's meta-gradient (second-order: 3.4× slower per outer step); 256 rays per test-time step"),
+                                   "256 rays per test-time step", meta_grad_note="EMCL's meta-gradient (second-order: 3.4× slower per outer step)"),
 }  # fmt: skip
 
 
@@ -129,6 +131,7 @@ def main() -> None:
     ap.add_argument("--baselines", nargs="*", default=None, help="override the preset's baselines")
     ap.add_argument("--test-optimizer", default=None, help="the meta methods' test-time optimizer (default: the inner loop's SGD); scored in test-OPTIMIZER-* groups")
     ap.add_argument("--test-lr", default=None, help="with --test-optimizer: its learning rate (default: the optimizer's)")
+    ap.add_argument("--meta-grad", choices=META_GRADIENTS, default=None, help="every run's meta-gradient instead of the preset's (runs and groups are named by it)")
     a = ap.parse_args()
     p = PRESETS[a.preset]
     outer, signals, steps = a.outer_steps or p["outer_steps"], a.signals or p["signals"], a.steps or p["steps"]
@@ -136,12 +139,13 @@ def main() -> None:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     print(f"# MCL-NF Table 1, preset {a.preset}: torch {torch.__version__}, {a.jobs} process(es) side by side{', one thread each' if threads else ''}")
     test_opt = f"{a.test_optimizer} {a.test_lr or 'at its default rate'}" if a.test_optimizer else "the inner loop's SGD 1e-2"
-    print(f"deviations from the paper: {p['deviations']}; {p.get('field', SINE)}; {outer} outer steps (the paper: 500k), meta-batch 4, "
+    grad_note = f"every run's meta-gradient {a.meta_grad}" if a.meta_grad else p.get("meta_grad_note")
+    print(f"deviations from the paper: {p['deviations']}; {p.get('field', SINE)}; {grad_note + '; ' if grad_note else ''}{outer} outer steps (the paper: 500k), meta-batch 4, "
           f"3 inner SGD steps at 1e-2; test-time steps {', '.join(map(str, steps))} per task (the paper: to {p.get('paper_steps', 4096)}) on the first {signals} meta-test signals "
           f"(meta methods: {test_opt}; baselines: Adam {p.get('baseline_lr', '1e-4')})\n")  # fmt: skip
 
     baselines = p["baselines"] if a.baselines is None else a.baselines
-    scored = [(m, g) for m, g in p["runs"] if a.methods is None or m in a.methods]
+    scored = list(dict.fromkeys((m, a.meta_grad or g) for m, g in p["runs"] if a.methods is None or m in a.methods))
     trained = list(dict.fromkeys((META_METHODS[m].meta_training(), g) for m, g in scored))  # maml-cl: mol's θ₀ (mol scored only when selected)
     runs = [out / f"{m}-{g}" for m, g in trained]
     todo = [(r, m, g) for r, (m, g) in zip(runs, trained) if not (r / "init.safetensors").is_file()]
