@@ -101,15 +101,13 @@ def in_parallel(jobs: list, n: int) -> list:
         return list(pool.map(lambda job: job(), jobs))
 
 
-def merged_records(groups: list[Path]) -> list[dict]:
-    """Every group's method records (from ``metrics.json``), each method once, in the groups' order; curves keyed by step again."""
-    records, seen = [], set()
-    for g in groups:
-        for r in json.loads((g / "metrics.json").read_text())["methods"]:
-            if r["name"] not in seen:
-                seen.add(r["name"])
-                records.append(dict(r, curve={int(s): v for s, v in r["curve"].items()}))
-    return records
+def merged_records(meta_groups: list[Path], baseline_groups: list[Path]) -> list[dict]:
+    """The meta groups' method records and the baseline groups' baselines (from ``metrics.json``), in the groups' order;
+    curves keyed by step again. A baseline group scored before ``--baselines-only`` also holds the run it was scored
+    beside, possibly under another meta-gradient or test-time optimizer than this table's: that record is left out."""
+    records = [r for g in meta_groups for r in json.loads((g / "metrics.json").read_text())["methods"]]
+    records += [r for g in baseline_groups for r in json.loads((g / "metrics.json").read_text())["methods"] if r["kind"] != "meta"]
+    return [dict(r, curve={int(s): v for s, v in r["curve"].items()}) for r in records]
 
 
 def per_step_table(records: list[dict], metric: str) -> str:
@@ -165,11 +163,12 @@ def main() -> None:
     prefix, meta_opt = "", []  # the meta methods' groups and figure under another test-time optimizer: "adam-…"
     if a.test_optimizer:
         prefix, meta_opt = f"{a.test_optimizer}-", ["--test-optimizer", a.test_optimizer, *(["--test-lr", a.test_lr] if a.test_lr else [])]
-    groups = [(out / f"test-{prefix}{m}-{g}", [spec, p["data"], "--baselines", *meta_opt]) for spec, (m, g) in zip(specs, scored)]
-    groups += [(out / f"test-{b}", [str(runs[0]), p["data"], "--baselines", b, "--baselines-only"]) for b in baselines]
+    meta_groups = [(out / f"test-{prefix}{m}-{g}", [spec, p["data"], "--baselines", *meta_opt]) for spec, (m, g) in zip(specs, scored)]
+    baseline_groups = [(out / f"test-{b}", [str(runs[0]), p["data"], "--baselines", b, "--baselines-only"]) for b in baselines]
+    groups = meta_groups + baseline_groups
     score = lambda g, args: lambda: mclnf(["meta-test", *args, *test, "--out", str(g)], out / "logs" / f"{g.name}.log", threads)  # noqa: E731
     seconds = in_parallel([score(g, args) if not (g / "metrics.json").is_file() else (lambda: 0.0) for g, args in groups], a.jobs)
-    records = merged_records([g for g, _ in groups])
+    records = merged_records([g for g, _ in meta_groups], [g for g, _ in baseline_groups])
     metrics = list(records[0]["summary"])
     print(f"\nmeta-test: {len(groups)} groups, {sum(seconds):.0f} process-seconds in this invocation (groups scored before are read back)\n")
     print(per_step_table(records, metrics[0]))
