@@ -80,7 +80,7 @@ PRESETS = {
                         field="relu-pe 4 × 128 (mcl-nf modules 4 × 64), 32 samples a ray; mcl-nf-fim: the paper's form (eq. 2), λ 0.1",
                         deviations="one object scene (NeRF-synthetic lego) instead of a city: its 100 training views resized to 100², cut into 12 blocks of "
                                    "8 views adjacent in azimuth (8 meta-train / 4 meta-test, 2 scored), 4 tasks of 2 views a block, 256 rays per task per outer step; "
-                                   "256 rays per test-time step", meta_grad_note="EMCL's meta-gradient (second-order: 3.4× slower per outer step)"),
+                                   "256 rays per test-time step", meta_grad_note="EMCL's meta-gradient (second-order: about 1.5× the time per outer step for mcl-nf, 2× for mcl-nf-fim)"),
 }  # fmt: skip
 
 
