@@ -107,8 +107,8 @@ def merged_records(meta_groups: list[Path], baseline_groups: list[Path]) -> list
     """The meta groups' method records and the baseline groups' baselines (from ``metrics.json``), in the groups' order;
     curves keyed by step again. A baseline group scored before ``--baselines-only`` also holds the run it was scored
     beside, possibly under another meta-gradient or test-time optimizer than this table's: that record is left out."""
-    records = [r for g in meta_groups for r in json.loads((g / "metrics.json").read_text())["methods"]]
-    records += [r for g in baseline_groups for r in json.loads((g / "metrics.json").read_text())["methods"] if r["kind"] != "meta"]
+    methods = lambda g: json.loads((g / "metrics.json").read_text())["methods"]  # noqa: E731
+    records = [r for g in meta_groups for r in methods(g)] + [r for g in baseline_groups for r in methods(g) if r["kind"] != "meta"]
     return [dict(r, curve={int(s): v for s, v in r["curve"].items()}) for r in records]
 
 
